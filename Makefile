@@ -1,0 +1,29 @@
+# Two entry points (README): `make repro` and `make test`. Both create or update the
+# virtual environment first and are safe to re-run.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stcvq-installed
+
+.PHONY: env repro test bench paper clean-env
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first: the pinned CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+env: $(STAMP)
+
+repro: env
+	$(BIN)/dvc repro
+
+test: env
+	$(BIN)/python -m pytest -q
+
+bench: env
+	$(BIN)/python benchmarks/run_all.py
+
+clean-env:
+	rm -rf $(VENV)
