@@ -1,0 +1,322 @@
+"""Streaming video enhancement for any length and any resolution.
+
+Frames stream through the model in overlapping windows of the model's clip length. Each
+window's output is blended into the frames it covers with weights that ramp up over the
+overlap at its start and down over the overlap at its end, then normalised, so there is no
+hard seam between windows and memory holds at most one window plus its overlap, whatever the
+video's length. Outputs are clamped to [0, 1], never min-max renormalised (which would shift
+brightness clip by clip, one of the reference code's faults).
+
+Two framings map a video frame to the model's square input and back:
+
+* whole-frame: reflect-pad the frame to a square (keeps the aspect ratio), resize to the
+  model size, and invert both steps on the way back;
+* face-crop: one stable square face box for the whole video (dlib, on sampled frames), the
+  crop is enhanced and pasted back with a feathered mask.
+
+The model is anything with ``clip_length``, ``size`` and ``restore(clips)`` (see
+:class:`ClipRestorer`), so this module does not depend on how Stage II is built.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stcvq import video
+from stcvq.config import check
+
+log = logging.getLogger(__name__)
+
+
+class ClipRestorer(Protocol):
+    clip_length: int  # frames per window
+    size: int  # side of the square model input
+
+    def restore(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, size, size) in [0, 1] -> the same shape, restored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    overlap: int = 4  # frames shared by consecutive windows, blended across the seam
+    batch_size: int = 1  # windows per model call
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | bf16 | fp16 (autocast)
+    crf: int = 15  # x264 quality of the written output
+    face_crop: bool = False
+    face_enlarge: float = 1.3  # face box enlargement for --face-crop
+    feather: float = 0.1  # feathered border of the pasted crop, as a fraction of its side
+
+    def __post_init__(self):
+        check(self.overlap >= 0, f"overlap must be >= 0, got {self.overlap}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.dtype in ("float32", "bf16", "fp16"), f"dtype must be float32, bf16 or fp16, got {self.dtype}")
+        check(0 <= self.feather < 0.5, f"feather must be in [0, 0.5), got {self.feather}")
+
+
+# ---------------------------------------------------------------------------------------
+# Framing: video frame <-> square model input
+
+
+class WholeFrame:
+    """Reflect-pad to a square, resize to the model size; the inverse crops the padding off."""
+
+    def __init__(self, height: int, width: int, size: int):
+        self.height, self.width, self.size = height, width, size
+        side = max(height, width)
+        self.pad_top = (side - height) // 2
+        self.pad_left = (side - width) // 2
+        self.side = side
+
+    def to_model(self, frame: np.ndarray) -> np.ndarray:
+        h, w = self.height, self.width
+        padded = cv2.copyMakeBorder(
+            frame, self.pad_top, self.side - h - self.pad_top, self.pad_left, self.side - w - self.pad_left,
+            cv2.BORDER_REFLECT_101,
+        )
+        interp = cv2.INTER_AREA if self.side > self.size else cv2.INTER_CUBIC
+        return cv2.resize(padded, (self.size, self.size), interpolation=interp)
+
+    def from_model(self, restored: np.ndarray, original: np.ndarray) -> np.ndarray:
+        interp = cv2.INTER_AREA if self.size > self.side else cv2.INTER_CUBIC
+        full = cv2.resize(restored, (self.side, self.side), interpolation=interp)
+        return full[self.pad_top : self.pad_top + self.height, self.pad_left : self.pad_left + self.width]
+
+
+class FaceCrop:
+    """A fixed square box (x0, y0, side) inside the frame, pasted back with a feathered mask."""
+
+    def __init__(self, box: tuple[int, int, int], size: int, feather: float):
+        self.x0, self.y0, self.side = box
+        self.size = size
+        ramp = max(1, int(round(feather * self.side)))
+        profile = np.minimum(np.arange(self.side) + 1, np.arange(self.side)[::-1] + 1) / ramp
+        profile = np.clip(profile, 0.0, 1.0).astype(np.float32)
+        self.mask = (profile[:, None] * profile[None, :])[..., None]
+
+    def to_model(self, frame: np.ndarray) -> np.ndarray:
+        crop = frame[self.y0 : self.y0 + self.side, self.x0 : self.x0 + self.side]
+        interp = cv2.INTER_AREA if self.side > self.size else cv2.INTER_CUBIC
+        return cv2.resize(crop, (self.size, self.size), interpolation=interp)
+
+    def from_model(self, restored: np.ndarray, original: np.ndarray) -> np.ndarray:
+        interp = cv2.INTER_AREA if self.size > self.side else cv2.INTER_CUBIC
+        crop = cv2.resize(restored, (self.side, self.side), interpolation=interp).astype(np.float32)
+        out = original.astype(np.float32)
+        region = out[self.y0 : self.y0 + self.side, self.x0 : self.x0 + self.side]
+        out[self.y0 : self.y0 + self.side, self.x0 : self.x0 + self.side] = self.mask * crop + (1 - self.mask) * region
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def stable_face_box(path: Path, info: video.VideoInfo, enlarge: float, samples: int = 16) -> tuple[int, int, int]:
+    """One square box covering the face on evenly sampled frames, enlarged, inside the frame."""
+    from stcvq import faces
+
+    _, frames = video.read_sampled(path, samples, info.num_frames)
+    boxes = [b for frame in frames for b in faces.detect_faces(frame)[:1]]
+    if not boxes:
+        raise video.VideoError(f"{path}: --face-crop found no face on {len(frames)} sampled frames")
+    arr = np.array([[b[0], b[1], b[2], b[3]] for b in boxes], dtype=np.float64)
+    x0, y0 = arr[:, 0].min(), arr[:, 1].min()
+    x1, y1 = arr[:, 2].max(), arr[:, 3].max()
+    side = min(int(round(max(x1 - x0, y1 - y0) * enlarge)), info.width, info.height)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left = int(np.clip(round(cx - side / 2), 0, info.width - side))
+    top = int(np.clip(round(cy - side / 2), 0, info.height - side))
+    return left, top, side
+
+
+# ---------------------------------------------------------------------------------------
+# Windows and blending
+
+
+def window_weights(length: int, overlap: int, first_pending: int, blend_start: bool) -> np.ndarray:
+    """Blend weight of each frame of a window.
+
+    Frames before ``first_pending`` are already written and get weight 0. With
+    ``blend_start`` the weight ramps up over ``overlap`` frames from ``first_pending``, where
+    an earlier window's ramp-down covers the same frames; every window ramps down over its
+    last ``overlap`` frames. Consecutive ramps sum to one across a seam, and normalising by
+    the accumulated weight makes a ramp-down with no successor harmless.
+    """
+    idx = np.arange(length, dtype=np.float64)
+    down = np.minimum(1.0, (length - idx) / (overlap + 1))
+    up = np.minimum(1.0, (idx - first_pending + 1) / (overlap + 1)) if blend_start else 1.0
+    return np.where(idx < first_pending, 0.0, up * down).astype(np.float32)
+
+
+def _to_tensor(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    arr = np.stack(frames).astype(np.float32) / 255.0  # (T, H, W, 3)
+    return torch.from_numpy(arr).permute(3, 0, 1, 2)  # (3, T, H, W)
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+
+
+@dataclasses.dataclass
+class _Window:
+    start: int  # first frame index
+    frames: list[np.ndarray]  # model-framed inputs (padded to clip length if the video is shorter)
+    valid: int  # real frames in it
+    first_pending: int  # offset of the first not-yet-written frame
+
+
+def restore_stream(
+    frames: Iterable[np.ndarray],
+    model: ClipRestorer,
+    to_model: Callable[[np.ndarray], np.ndarray],
+    from_model: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    config: StreamConfig = StreamConfig(),
+) -> Iterator[np.ndarray]:
+    """Yield restored frames, one per input frame, in order, with bounded memory."""
+    length = model.clip_length
+    overlap = min(config.overlap, length - 1)
+    stride = length - overlap
+    device = torch.device(config.device)
+
+    recent: collections.deque[tuple[int, np.ndarray, np.ndarray]] = collections.deque(maxlen=length)
+    accum: dict[int, tuple[np.ndarray, float]] = {}  # frame index -> (weighted sum, weight sum)
+    originals: dict[int, np.ndarray] = {}
+    queue: list[_Window] = []
+    next_emit = 0  # every frame before it has been yielded
+    next_start = 0  # start of the next regular window
+
+    def run(windows: list[_Window]) -> None:
+        batch = torch.stack([_to_tensor(w.frames) for w in windows]).to(device)
+        with torch.inference_mode(), _autocast(device, config.dtype):
+            out = model.restore(batch).float().clamp(0, 1)  # clamp, never min-max renormalise
+        out = out.permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, T, H, W, 3)
+        for window, restored in zip(windows, out):
+            blend_start = window.start > 0 or window.first_pending > 0
+            weights = window_weights(length, overlap, window.first_pending, blend_start)
+            for offset in range(window.first_pending, window.valid):
+                index = window.start + offset
+                total, weight = accum.get(index, (0.0, 0.0))
+                accum[index] = (total + weights[offset] * restored[offset], weight + float(weights[offset]))
+
+    def emit(until: int) -> Iterator[np.ndarray]:
+        nonlocal next_emit
+        while next_emit < until:
+            total, weight = accum.pop(next_emit)
+            restored = np.clip(np.rint(total / weight * 255.0), 0, 255).astype(np.uint8)
+            yield from_model(restored, originals.pop(next_emit))
+            next_emit += 1
+
+    def flush() -> Iterator[np.ndarray]:
+        if queue:
+            run(queue)
+            # A frame is final once no later window can cover it: before the next start.
+            final_until = min(next_start, max(w.start + w.valid for w in queue))
+            queue.clear()
+            yield from emit(final_until)
+
+    count = 0
+    for index, frame in enumerate(frames):
+        originals[index] = frame
+        recent.append((index, frame, to_model(frame)))
+        count = index + 1
+        if count == next_start + length:
+            window_frames = [m for _, _, m in recent]
+            queue.append(_Window(next_start, window_frames, length, max(0, next_emit - next_start)))
+            next_start += stride
+            if len(queue) == config.batch_size:
+                yield from flush()
+    yield from flush()
+    if next_emit < count:  # the tail: a last window ending at the last frame
+        start = max(0, count - length)
+        tail = [m for i, _, m in recent if i >= start]
+        valid = len(tail)
+        tail = tail + [tail[-1]] * (length - valid)  # a video shorter than one window
+        next_start = count
+        queue.append(_Window(start, tail, valid, next_emit - start))
+        yield from flush()
+    assert not accum and not originals, "every frame is written exactly once"
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+
+
+def output_pix_fmt(info: video.VideoInfo) -> str:
+    """Keep the input's pixel format where x264 can; 4:2:0 needs even sides, else 4:4:4."""
+    if info.pix_fmt in ("yuv420p", "yuv422p", "yuv444p") and not (
+        info.pix_fmt != "yuv444p" and (info.width % 2 or info.height % 2)
+    ):
+        return info.pix_fmt
+    if info.width % 2 or info.height % 2:
+        return "yuv444p"
+    return "yuv420p"
+
+
+@dataclasses.dataclass
+class EnhanceReport:
+    input: str
+    output: str
+    frames: int
+    seconds: float
+    frames_per_second: float
+    fps: str
+    width: int
+    height: int
+    audio: bool
+
+
+def enhance_file(
+    src: str | Path,
+    dst: str | Path,
+    model: ClipRestorer,
+    config: StreamConfig = StreamConfig(),
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> EnhanceReport:
+    """Enhance one video file into ``dst`` (written atomically), keeping fps, size and audio."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not force:
+        raise FileExistsError(f"{dst}: exists; pass --force to overwrite")
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"{dst}: output would overwrite its own input")
+    info = video.probe(src)
+    if config.face_crop:
+        framing = FaceCrop(stable_face_box(src, info, config.face_enlarge), model.size, config.feather)
+    else:
+        framing = WholeFrame(info.height, info.width, model.size)
+    started = time.perf_counter()
+    bar = tqdm(total=info.num_frames or None, unit="frame", desc=src.name, disable=not progress)
+    written_frames = 0
+
+    def frames_with_progress() -> Iterator[np.ndarray]:
+        nonlocal written_frames
+        for frame in restore_stream(video.read_frames(src), model, framing.to_model, framing.from_model, config):
+            written_frames += 1
+            bar.update(1)
+            yield frame
+
+    try:
+        video.write_video(
+            dst, frames_with_progress(), info.fps_fraction, crf=config.crf, pix_fmt=output_pix_fmt(info), audio_from=src
+        )
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    written = video.probe(dst)
+    fps = written_frames / max(seconds, 1e-9)
+    log.info("%s -> %s: %d frames in %.1f s (%.2f frames/s)", src, dst, written_frames, seconds, fps)
+    return EnhanceReport(
+        input=str(src), output=str(dst), frames=written_frames, seconds=seconds, frames_per_second=fps,
+        fps=written.fps_fraction, width=written.width, height=written.height, audio=written.has_audio,
+    )
