@@ -1,0 +1,121 @@
+"""3D conv encoder and decoder of the Stage I VQGAN (DESIGN.md section 2).
+
+Level i has ``num_res_blocks`` residual blocks at width ``nf * ch_mult[i]``; between levels a
+downsample halves H and W, and T too for the levels flagged in ``temporal_downsample`` (the
+paper: only the first). Self-attention runs after every residual block of the lowest level and
+in the middle block (res -> attn -> res). The decoder mirrors it.
+
+Any clip size: :func:`pad_clip` pads T, H, W up to multiples of the compression factors by
+repeating the last frame / edge pixels ("replicate"), :func:`crop_clip` cuts the decoded clip
+back. Replicate padding keeps the padded border close to real content, so the border pixels of
+the real area reconstruct as well as the interior. T = 1 becomes 2 identical frames.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import AttentionLayout, Downsample3d, ResBlock3d, Upsample3d, attention_block, group_norm
+
+
+def pad_clip(x: torch.Tensor, temporal_factor: int, spatial_factor: int) -> torch.Tensor:
+    """Replicate-pad (B, C, T, H, W) at the end of T, H and W to multiples of the factors."""
+    t, h, w = x.shape[-3:]
+    pad_t = -t % temporal_factor
+    pad_h = -h % spatial_factor
+    pad_w = -w % spatial_factor
+    if pad_t == pad_h == pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h, 0, pad_t), mode="replicate")
+
+
+def crop_clip(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    t, h, w = size
+    return x[..., :t, :h, :w]
+
+
+class Encoder3d(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        nf: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        latent_dim: int,
+        temporal_downsample: Sequence[bool],
+        attn_layout: AttentionLayout = "global",
+        attn_heads: int = 1,
+    ):
+        super().__init__()
+        if len(temporal_downsample) != len(ch_mult) - 1:
+            raise ValueError("temporal_downsample needs one flag per downsample (len(ch_mult) - 1)")
+        self.conv_in = nn.Conv3d(in_channels, nf * ch_mult[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        width = nf * ch_mult[0]
+        last = len(ch_mult) - 1
+        for i, mult in enumerate(ch_mult):
+            level = nn.Module()
+            level.blocks = nn.ModuleList()
+            level.attns = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                level.blocks.append(ResBlock3d(width, nf * mult))
+                width = nf * mult
+                level.attns.append(attention_block(width, attn_layout, attn_heads) if i == last else nn.Identity())
+            level.down = Downsample3d(width, temporal_downsample[i]) if i < last else nn.Identity()
+            self.levels.append(level)
+        self.mid = nn.Sequential(ResBlock3d(width, width), attention_block(width, attn_layout, attn_heads), ResBlock3d(width, width))
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv3d(width, latent_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.levels:
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(h))
+            h = level.down(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder3d(nn.Module):
+    def __init__(
+        self,
+        out_channels: int,
+        nf: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        latent_dim: int,
+        temporal_downsample: Sequence[bool],
+        attn_layout: AttentionLayout = "global",
+        attn_heads: int = 1,
+    ):
+        super().__init__()
+        last = len(ch_mult) - 1
+        width = nf * ch_mult[last]
+        self.conv_in = nn.Conv3d(latent_dim, width, 3, padding=1)
+        self.mid = nn.Sequential(ResBlock3d(width, width), attention_block(width, attn_layout, attn_heads), ResBlock3d(width, width))
+        self.levels = nn.ModuleList()  # lowest resolution first
+        for i in reversed(range(len(ch_mult))):
+            level = nn.Module()
+            level.blocks = nn.ModuleList()
+            level.attns = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                level.blocks.append(ResBlock3d(width, nf * ch_mult[i]))
+                width = nf * ch_mult[i]
+                level.attns.append(attention_block(width, attn_layout, attn_heads) if i == last else nn.Identity())
+            level.up = Upsample3d(width, temporal_downsample[i - 1]) if i > 0 else nn.Identity()
+            self.levels.append(level)
+        self.norm_out = group_norm(width)
+        self.conv_out = nn.Conv3d(width, out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for level in self.levels:
+            for block, attn in zip(level.blocks, level.attns):
+                h = attn(block(h))
+            h = level.up(h)
+        return self.conv_out(F.silu(self.norm_out(h)))

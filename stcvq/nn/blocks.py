@@ -1,0 +1,128 @@
+"""Building blocks of the 3D VQGAN: normalisation, residual blocks, resampling, attention.
+
+All tensors are video feature maps shaped (B, C, T, H, W).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+AttentionLayout = Literal["global", "factorized"]
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups (VQGAN's choice) or the largest divisor of ``channels`` below it."""
+    groups = math.gcd(32, channels)
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+
+
+class ResBlock3d(nn.Module):
+    """GroupNorm -> SiLU -> 3x3x3 conv, twice, plus a (1x1x1 projected) skip connection."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Downsample3d(nn.Module):
+    """Strided 3x3x3 conv: halves H and W, and T too when ``temporal`` (input T must be even)."""
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.temporal = temporal
+        stride = (2 if temporal else 1, 2, 2)
+        self.conv = nn.Conv3d(channels, channels, 3, stride=stride, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample3d(nn.Module):
+    """Nearest-neighbour x2 in H, W (and T when ``temporal``), then a 3x3x3 conv."""
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.scale = (2.0 if temporal else 1.0, 2.0, 2.0)
+        self.conv = nn.Conv3d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head SDPA over (N, L, C) token sequences; memory stays linear in L with fused kernels."""
+    n, length, channels = q.shape
+    split = lambda t: t.reshape(n, length, heads, channels // heads).transpose(1, 2)  # noqa: E731
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).reshape(n, length, channels)
+
+
+class SelfAttention3d(nn.Module):
+    """Conv self-attention (1x1x1 q/k/v/out projections) with a residual connection.
+
+    ``tokens`` says which latent positions attend to each other:
+    ``global`` all t*h*w positions of a clip (the reference behaviour, cost grows with (t*h*w)^2);
+    ``spatial`` the h*w positions of one latent frame; ``temporal`` the t frames at one position.
+    """
+
+    def __init__(self, channels: int, tokens: Literal["global", "spatial", "temporal"] = "global", heads: int = 1):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels {channels} not divisible by heads {heads}")
+        self.tokens = tokens
+        self.heads = heads
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
+        self.proj = nn.Conv3d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
+        if self.tokens == "global":  # (B, t*h*w, C)
+            to_seq = lambda z: z.flatten(2).transpose(1, 2)  # noqa: E731
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads)
+            out = out.transpose(1, 2).reshape(b, c, t, h, w)
+        elif self.tokens == "spatial":  # (B*t, h*w, C)
+            to_seq = lambda z: z.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # noqa: E731
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads)
+            out = out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+        elif self.tokens == "temporal":  # (B*h*w, t, C)
+            to_seq = lambda z: z.permute(0, 3, 4, 2, 1).reshape(b * h * w, t, c)  # noqa: E731
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads)
+            out = out.reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)
+        else:
+            raise ValueError(f"unknown attention tokens {self.tokens!r}")
+        return x + self.proj(out.contiguous())
+
+
+def attention_block(channels: int, layout: AttentionLayout, heads: int = 1) -> nn.Module:
+    """``global``: one block over all latent tokens. ``factorized``: within each latent frame,
+    then across time at each position (two blocks, so 2x the projection parameters)."""
+    if layout == "global":
+        return SelfAttention3d(channels, "global", heads)
+    if layout == "factorized":
+        return nn.Sequential(SelfAttention3d(channels, "spatial", heads), SelfAttention3d(channels, "temporal", heads))
+    raise ValueError(f"unknown attention layout {layout!r}; expected 'global' or 'factorized'")
+
+
+def no_autocast(device: torch.device):
+    """A context that runs its body in float32 even inside an autocast region."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()  # meta tensors (FLOP counting) have no autocast

@@ -1,0 +1,175 @@
+"""The Stage I model: 3D VQGAN with a spatial and a temporal codebook (DESIGN.md section 1).
+
+x (B, 3, T, H, W) in [0, 1] -> encode -> z (B, D, t, h, w)
+  z_S = z                      -> spatial codebook C_S  -> indices_spatial
+  z_T = TA(z) + Residual(z)    -> temporal codebook C_T -> indices_temporal
+  z_q = fuse(C_S[i_S], C_T[i_T]) -> decode -> reconstruction (B, 3, T, H, W)
+
+encode / quantize / lookup / decode are separate so Stage II can reuse the frozen pieces
+(predict indices, then ``lookup`` and ``decode``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config import check, from_dict, to_dict
+from ..io import atomic_path, write_json
+from .autoencoder import Decoder3d, Encoder3d, crop_clip, pad_clip
+from .quantize import VectorQuantizer
+from .temporal import Fusion, TemporalLatent
+
+MODEL_TYPE = "stcvq-stage1"
+
+
+@dataclass
+class Stage1Config:
+    in_channels: int = 3
+    nf: int = 32
+    ch_mult: tuple[int, ...] = (1, 2, 4, 8)
+    num_res_blocks: int = 2
+    # one flag per downsample: does it also halve T? The paper: only the first.
+    temporal_downsample: tuple[bool, ...] = (True, False, False)
+    attn_layout: Literal["global", "factorized"] = "global"
+    attn_heads: int = 1
+    latent_dim: int = 256
+    num_codes_spatial: int = 1024
+    num_codes_temporal: int = 1024
+    beta: float = 0.25
+    regularizer: Literal["none", "pdr", "mpr"] = "mpr"
+    reg_weight: float = 1.0
+    reg_eps: float = 1e-6
+    residual_window: int = 1
+    ta_heads: int = 1
+    fusion: Literal["add", "conv", "fft3d"] = "add"
+
+    def __post_init__(self) -> None:
+        check(len(self.ch_mult) >= 1, "ch_mult needs at least one level")
+        check(len(self.temporal_downsample) == len(self.ch_mult) - 1,
+              f"temporal_downsample needs {len(self.ch_mult) - 1} flags (one per downsample)")
+        check(self.nf > 0 and self.latent_dim > 0 and self.num_res_blocks >= 1, "sizes must be positive")
+        check(self.latent_dim % self.attn_heads == 0 and self.latent_dim % self.ta_heads == 0,
+              "latent_dim must be divisible by attn_heads and ta_heads")
+        check(self.nf * self.ch_mult[-1] % self.attn_heads == 0, "lowest-level width must be divisible by attn_heads")
+        check(self.num_codes_spatial >= 2 and self.num_codes_temporal >= 2, "codebooks need >= 2 codes")
+        check(self.beta >= 0 and self.reg_weight >= 0 and self.reg_eps > 0, "beta, reg_weight >= 0; reg_eps > 0")
+        check(self.residual_window >= 1, "residual_window must be >= 1")
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(bool(f) for f in self.temporal_downsample)
+
+    @classmethod
+    def paper(cls, **overrides) -> "Stage1Config":
+        """The paper's profile (DESIGN.md section 2): nf 32, [1,2,4,8], x8 spatial, x2 temporal."""
+        return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "Stage1Config":
+        """A CPU-test-sized model with the same structure (x4 spatial, x2 temporal)."""
+        base = dict(nf=8, ch_mult=(1, 2, 4), num_res_blocks=1, temporal_downsample=(True, False),
+                    latent_dim=16, num_codes_spatial=64, num_codes_temporal=64)
+        base.update(overrides)
+        return cls(**base)
+
+
+@dataclass
+class Stage1Quantized:
+    z_q: torch.Tensor  # fused quantised latent (B, D, t, h, w), straight-through
+    indices_spatial: torch.Tensor  # (B, t, h, w)
+    indices_temporal: torch.Tensor  # (B, t, h, w)
+    loss: torch.Tensor  # both codebooks' VQ + regulariser losses
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Stage1Output:
+    reconstruction: torch.Tensor  # (B, 3, T, H, W), unclamped, [0, 1] nominal
+    quantized: Stage1Quantized
+
+
+class Stage1Model(nn.Module):
+    def __init__(self, config: Stage1Config):
+        super().__init__()
+        self.config = config
+        c = config
+        arch = dict(nf=c.nf, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks, latent_dim=c.latent_dim,
+                    temporal_downsample=c.temporal_downsample, attn_layout=c.attn_layout, attn_heads=c.attn_heads)
+        self.encoder = Encoder3d(c.in_channels, **arch)
+        self.temporal = TemporalLatent(c.latent_dim, c.ta_heads, c.residual_window)
+        vq = dict(beta=c.beta, regularizer=c.regularizer, reg_weight=c.reg_weight, reg_eps=c.reg_eps)
+        self.spatial_codebook = VectorQuantizer(c.num_codes_spatial, c.latent_dim, **vq)
+        self.temporal_codebook = VectorQuantizer(c.num_codes_temporal, c.latent_dim, **vq)
+        self.fusion = Fusion(c.fusion, c.latent_dim)
+        self.decoder = Decoder3d(c.in_channels, **arch)
+
+    # -- the four steps ---------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) in [0, 1], any T >= 1 and H, W >= 1 -> latent (B, D, t, h, w).
+
+        The clip is replicate-padded to multiples of the compression factors first, so
+        t = ceil(T / temporal_factor), h = ceil(H / spatial_factor); ``decode(..., size=(T, H, W))``
+        crops back."""
+        if x.ndim != 5 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected (B, {self.config.in_channels}, T, H, W), got {tuple(x.shape)}")
+        x = pad_clip(x * 2 - 1, self.config.temporal_factor, self.config.spatial_factor)
+        return self.encoder(x)
+
+    def temporal_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return self.temporal(z)
+
+    def quantize(self, z: torch.Tensor) -> Stage1Quantized:
+        spatial = self.spatial_codebook.quantize(z)
+        temporal = self.temporal_codebook.quantize(self.temporal_latent(z))
+        terms = {f"spatial_{k}": v for k, v in spatial.terms.items()}
+        terms.update({f"temporal_{k}": v for k, v in temporal.terms.items()})
+        z_q = self.fusion(spatial.quantized, temporal.quantized)
+        return Stage1Quantized(z_q, spatial.indices, temporal.indices, spatial.loss + temporal.loss, terms)
+
+    def lookup(self, indices_spatial: torch.Tensor, indices_temporal: torch.Tensor) -> torch.Tensor:
+        """Fused latent from code indices (Stage II inference)."""
+        return self.fusion(self.spatial_codebook.lookup(indices_spatial), self.temporal_codebook.lookup(indices_temporal))
+
+    def decode(self, z_q: torch.Tensor, size: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """Latent -> clip in [0, 1] (not clamped); ``size`` = (T, H, W) crops the padding off."""
+        x = (self.decoder(z_q) + 1) / 2
+        return crop_clip(x, size) if size is not None else x
+
+    def forward(self, x: torch.Tensor) -> Stage1Output:
+        q = self.quantize(self.encode(x))
+        return Stage1Output(self.decode(q.z_q, tuple(x.shape[-3:])), q)
+
+    # -- export -------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """``model.safetensors`` (all weights) + ``config.json``, each written atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"model_type": MODEL_TYPE})
+        write_json(directory / "config.json", {"model_type": MODEL_TYPE, **to_dict(self.config)})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Stage1Model":
+        directory = Path(directory)
+        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+        for p in (config_path, weights_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"{p}: missing (a Stage I model folder holds config.json and model.safetensors)")
+        raw = json.loads(config_path.read_text())
+        if raw.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
+            raise ValueError(f"{config_path}: not a {MODEL_TYPE} config")
+        model = cls(from_dict(Stage1Config, raw, where=str(config_path)))
+        model.load_state_dict(load_file(str(weights_path), device=str(map_location)))
+        return model
