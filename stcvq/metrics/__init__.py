@@ -1,0 +1,39 @@
+"""Evaluation metrics for video face restoration and de-flickering (issue 7).
+
+Videos are numpy uint8 RGB arrays (T, H, W, 3). Every metric returns a :class:`MetricResult`:
+a finite float, or None with a reason (never 0 or NaN for "could not compute").
+``to_json`` turns a ``{name: MetricResult}`` dict into ``values`` + ``null_reasons`` + ``details``.
+
+* fidelity: :func:`psnr`, :func:`ssim`, :func:`lpips` (+ :func:`load_lpips_or_reason`)
+* identity: :func:`akd`, :func:`ids`, :func:`face_consistency` (dlib or ArcFace descriptors)
+* temporal: :func:`flow_score`, :func:`warping_error`, :func:`flicker_index`, :func:`fvd`
+  (+ :func:`frechet_distance`, :func:`flow_backend`, :func:`load_i3d_or_reason`)
+* efficiency: :func:`time_clip`, :func:`device_description`
+
+Identity metrics import dlib lazily through ``stcvq.faces``; importing this package does not.
+"""
+
+from stcvq.metrics.efficiency import device_description, time_clip
+from stcvq.metrics.fidelity import load_lpips_or_reason, lpips, psnr, ssim
+from stcvq.metrics.result import MetricResult, to_json
+from stcvq.metrics.temporal import (
+    DISFlow,
+    I3DFeatures,
+    RAFTFlow,
+    feature_statistics,
+    flicker_index,
+    flow_backend,
+    flow_score,
+    frechet_distance,
+    fvd,
+    load_i3d_or_reason,
+    warping_error,
+)
+from stcvq.metrics.identity import ArcFaceEmbedder, DlibEmbedder, akd, embedder, face_consistency, ids
+
+__all__ = [
+    "ArcFaceEmbedder", "DISFlow", "DlibEmbedder", "I3DFeatures", "MetricResult", "RAFTFlow", "akd",
+    "device_description", "embedder", "face_consistency", "feature_statistics", "flicker_index",
+    "flow_backend", "flow_score", "frechet_distance", "fvd", "ids", "load_i3d_or_reason",
+    "load_lpips_or_reason", "lpips", "psnr", "ssim", "time_clip", "to_json", "warping_error",
+]
