@@ -1,0 +1,90 @@
+"""Per-video work in a process pool, in input order, with a progress bar.
+
+A stage is a function ``measure(row, config) -> row`` applied to every kept row of the
+manifest. Rows already dropped pass through untouched. Any exception from one video becomes
+that video's ``reason`` (``unreadable: ...`` for a :class:`~stcvq.video.VideoError`,
+``error: <type>: ...`` otherwise); the other videos are not affected.
+
+Workers are started with ``spawn`` (no dlib/onnxruntime state inherited through fork) and
+each limits its own math libraries to ``threads`` threads so ``workers`` x ``threads`` never
+oversubscribes the machine. Results come back in input order, so the output does not depend
+on scheduling.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import multiprocessing
+import os
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+from stcvq.curate.manifest import Row, drop
+from stcvq.video import VideoError
+
+log = logging.getLogger(__name__)
+
+Measure = Callable[[Row, Any], Row]
+
+
+def limit_threads(threads: int) -> None:
+    """Cap OpenCV/BLAS/onnxruntime threads in this process (call before heavy imports run)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ["STCVQ_THREADS"] = str(threads)
+    import cv2
+
+    cv2.setNumThreads(threads)
+
+
+def worker_threads() -> int:
+    """Threads a worker may use (set by :func:`limit_threads`; 1 when unset)."""
+    return max(1, int(os.environ.get("STCVQ_THREADS", "1")))
+
+
+def _safe(measure: Measure, stage: str, config: Any, row: Row) -> Row:
+    if not row["keep"]:
+        return row
+    try:
+        return measure(row, config)
+    except VideoError as err:
+        message = str(err)
+        # VideoError messages read "<file>: unreadable: <why>"; keep the part after the file
+        detail = message.split(": ", 1)[1] if ": " in message else message
+        if not detail.startswith("unreadable"):
+            detail = f"unreadable: {detail}"
+        log.warning("%s: %s dropped: %s", stage, row["video_id"], message)
+        return drop(row, detail, stage)
+    except Exception as err:  # noqa: BLE001 - one bad video must not stop the others
+        log.exception("%s: %s failed", stage, row["video_id"])
+        return drop(row, f"error: {type(err).__name__}: {err}", stage)
+
+
+def run_stage(stage: str, measure: Measure, rows: Sequence[Row], config: Any, workers: int = 1) -> list[Row]:
+    """``measure`` applied to the kept ``rows`` with ``workers`` processes; same order out."""
+    todo = sum(1 for r in rows if r["keep"])
+    work = functools.partial(_safe, measure, stage, config)
+    cpus = os.cpu_count() or 1
+    workers = max(1, min(workers, todo)) if todo else 1
+    threads = max(1, cpus // workers)
+    log.info("%s: %d of %d videos to measure with %d worker(s) x %d thread(s)", stage, todo, len(rows), workers, threads)
+    bar = tqdm(total=len(rows), desc=stage, unit="video", disable=None)
+    out: list[Row] = []
+    try:
+        if workers == 1:
+            limit_threads(threads)
+            for row in rows:
+                out.append(work(row))
+                bar.update()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=limit_threads, initargs=(threads,)) as pool:
+                for row in pool.map(work, rows):  # map keeps input order
+                    out.append(row)
+                    bar.update()
+    finally:
+        bar.close()
+    return out
