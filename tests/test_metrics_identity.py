@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import struct
 
 import cv2
 import numpy as np
 import pytest
 
-from stcvq.metrics import ArcFaceEmbedder, DlibEmbedder, akd, embedder, face_consistency, ids
-from stcvq.metrics.identity import ARCFACE_TEMPLATE, align_arcface, detect_boxes, five_points
+from stcvq.metrics import ArcFaceEmbedder, DlibEmbedder, akd, embedder, face_consistency, identity_metrics, ids
+from stcvq.metrics.identity import ARCFACE_TEMPLATE, align_arcface, auto_upsample, detect_boxes, five_points
 from stcvq.video import read_video
 
 
@@ -146,3 +145,17 @@ def test_missing_or_broken_arcface_falls_back_to_dlib(tmp_path):
     (tmp_path / "broken.onnx").write_bytes(b"\x00garbage")
     embed, note = embedder(tmp_path / "broken.onnx")
     assert isinstance(embed, DlibEmbedder) and "broken.onnx" in note
+
+
+def test_identity_metrics_match_the_single_metric_functions(carphone, boxes):
+    blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 1.5) for f in carphone])
+    together = identity_metrics(blurred, carphone, boxes=boxes)
+    assert together["akd"] == akd(blurred, carphone, boxes)
+    assert together["ids"] == ids(blurred, carphone, boxes=boxes)
+    assert together["face_cons"].value == face_consistency(blurred, boxes=boxes).value
+
+
+def test_small_frames_are_upsampled_twice_for_detection(carphone):
+    small = np.stack([cv2.resize(f[:, 16:160], (64, 64), interpolation=cv2.INTER_AREA) for f in carphone])
+    assert auto_upsample(64, 64) == 2 and auto_upsample(144, 176) == 1
+    assert sum(b is not None for b in detect_boxes(small)) >= len(small) - 1

@@ -5,7 +5,8 @@ a finite float, or None with a reason (never 0 or NaN for "could not compute").
 ``to_json`` turns a ``{name: MetricResult}`` dict into ``values`` + ``null_reasons`` + ``details``.
 
 * fidelity: :func:`psnr`, :func:`ssim`, :func:`lpips` (+ :func:`load_lpips_or_reason`)
-* identity: :func:`akd`, :func:`ids`, :func:`face_consistency` (dlib or ArcFace descriptors)
+* identity: :func:`akd`, :func:`ids`, :func:`face_consistency`, :func:`identity_metrics` (all
+  three with shared descriptors), :func:`detect_boxes` (dlib or ArcFace descriptors)
 * temporal: :func:`flow_score`, :func:`warping_error`, :func:`flicker_index`, :func:`fvd`
   (+ :func:`frechet_distance`, :func:`flow_backend`, :func:`load_i3d_or_reason`)
 * efficiency: :func:`time_clip`, :func:`device_description`
@@ -29,11 +30,11 @@ from stcvq.metrics.temporal import (
     load_i3d_or_reason,
     warping_error,
 )
-from stcvq.metrics.identity import ArcFaceEmbedder, DlibEmbedder, akd, embedder, face_consistency, ids
+from stcvq.metrics.identity import ArcFaceEmbedder, DlibEmbedder, akd, detect_boxes, embedder, face_consistency, identity_metrics, ids
 
 __all__ = [
     "ArcFaceEmbedder", "DISFlow", "DlibEmbedder", "I3DFeatures", "MetricResult", "RAFTFlow", "akd",
-    "device_description", "embedder", "face_consistency", "feature_statistics", "flicker_index",
-    "flow_backend", "flow_score", "frechet_distance", "fvd", "ids", "load_i3d_or_reason",
+    "detect_boxes", "device_description", "embedder", "face_consistency", "feature_statistics", "flicker_index",
+    "flow_backend", "flow_score", "frechet_distance", "fvd", "identity_metrics", "ids", "load_i3d_or_reason",
     "load_lpips_or_reason", "lpips", "psnr", "ssim", "time_clip", "to_json", "warping_error",
 ]

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stcvq.metrics.weights import WeightsError, load_into, load_state_dict
+from stcvq.metrics.weights import load_into, load_state_dict
 
 log = logging.getLogger(__name__)
 
