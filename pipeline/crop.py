@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.common import load_params, setup_logging
 from stcvq.config import from_dict
-from stcvq.curate import CropConfig, crop, read_manifest, summary, write_manifest
+from stcvq.curate import CropConfig, run_crop, read_manifest, summary, write_manifest
 
 IN = "data/manifests/ingest.parquet"
 OUT_DIR = "data/cropped"
@@ -15,7 +15,7 @@ def main() -> None:
     log = setup_logging("crop")
     params = load_params("crop", "resolution", "workers")
     config = from_dict(CropConfig, params["crop"], where="params.yaml:crop")
-    rows = crop(read_manifest(IN), config, params["resolution"], OUT_DIR, workers=params["workers"])
+    rows = run_crop(read_manifest(IN), config, params["resolution"], OUT_DIR, workers=params["workers"])
     write_manifest(OUT, rows)
     log.info("wrote %s: %s", OUT, summary(rows))
 

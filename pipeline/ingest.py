@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.common import load_params, setup_logging
 from stcvq.config import from_dict
-from stcvq.curate import IngestConfig, ingest, summary, write_manifest
+from stcvq.curate import IngestConfig, run_ingest, summary, write_manifest
 
 RAW_DIR = "data/raw"
 OUT = "data/manifests/ingest.parquet"
@@ -14,7 +14,7 @@ def main() -> None:
     log = setup_logging("ingest")
     params = load_params("ingest", "workers")
     config = from_dict(IngestConfig, params["ingest"], where="params.yaml:ingest")
-    rows = ingest(config, RAW_DIR, workers=params["workers"])
+    rows = run_ingest(config, RAW_DIR, workers=params["workers"])
     write_manifest(OUT, rows)
     log.info("wrote %s: %s", OUT, summary(rows))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipeline.common import load_params, setup_logging
 from stcvq.config import from_dict
-from stcvq.curate import MotionConfig, motion, read_manifest, summary, write_manifest
+from stcvq.curate import MotionConfig, run_motion, read_manifest, summary, write_manifest
 from stcvq.io import write_json
 
 IN = "data/manifests/text.parquet"
@@ -17,7 +17,7 @@ def main() -> None:
     log = setup_logging("motion")
     params = load_params("motion", "workers")
     config = from_dict(MotionConfig, params["motion"], where="params.yaml:motion")
-    rows = motion(read_manifest(IN), config, workers=params["workers"])
+    rows = run_motion(read_manifest(IN), config, workers=params["workers"])
     write_manifest(OUT, rows)
     stats = summary(rows)
     write_json(METRICS, stats)

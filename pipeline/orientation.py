@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.common import load_params, setup_logging
 from stcvq.config import from_dict
-from stcvq.curate import OrientationConfig, orientation, read_manifest, summary, write_manifest
+from stcvq.curate import OrientationConfig, run_orientation, read_manifest, summary, write_manifest
 
 IN = "data/manifests/crop.parquet"
 OUT = "data/manifests/orientation.parquet"
@@ -14,7 +14,7 @@ def main() -> None:
     log = setup_logging("orientation")
     params = load_params("orientation", "workers")
     config = from_dict(OrientationConfig, params["orientation"], where="params.yaml:orientation")
-    rows = orientation(read_manifest(IN), config, workers=params["workers"])
+    rows = run_orientation(read_manifest(IN), config, workers=params["workers"])
     write_manifest(OUT, rows)
     log.info("wrote %s: %s", OUT, summary(rows))
 

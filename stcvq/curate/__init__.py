@@ -12,15 +12,17 @@ One module per stage, each with a typed config, one function per filter and a pe
 The manifest (schema and writer) is :mod:`stcvq.curate.manifest`.
 """
 
-from stcvq.curate.crop import CropConfig, crop, crop_box_from_track, face_proportion, face_track
-from stcvq.curate.ingest import IngestConfig, ingest
+from stcvq.curate.chain import STAGES, CurationConfig, curate
+from stcvq.curate.crop import CropConfig, crop_box_from_track, face_proportion, face_track, run_crop
+from stcvq.curate.ingest import IngestConfig, run_ingest
 from stcvq.curate.manifest import COLUMNS, SCHEMA, read_manifest, summary, write_manifest
-from stcvq.curate.motion import MotionConfig, motion, motion_intensity
-from stcvq.curate.orientation import OrientationConfig, is_side_face, orientation, side_ratio
-from stcvq.curate.text import TextConfig, text
+from stcvq.curate.motion import MotionConfig, motion_intensity, run_motion
+from stcvq.curate.orientation import OrientationConfig, is_side_face, run_orientation, side_ratio
+from stcvq.curate.text import TextConfig, run_text
 
 __all__ = [
-    "COLUMNS", "SCHEMA", "CropConfig", "IngestConfig", "MotionConfig", "OrientationConfig", "TextConfig",
-    "crop", "crop_box_from_track", "face_proportion", "face_track", "ingest", "is_side_face", "motion",
-    "motion_intensity", "orientation", "read_manifest", "side_ratio", "summary", "text", "write_manifest",
+    "COLUMNS", "SCHEMA", "STAGES", "CropConfig", "CurationConfig", "curate", "IngestConfig", "MotionConfig", "OrientationConfig", "TextConfig",
+    "crop_box_from_track", "face_proportion", "face_track", "is_side_face", "motion_intensity",
+    "read_manifest", "run_crop", "run_ingest", "run_motion", "run_orientation", "run_text", "side_ratio",
+    "summary", "write_manifest",
 ]

@@ -164,7 +164,7 @@ def measure_crop(row: Row, job: CropJob) -> Row:
     })
 
 
-def crop(rows: Sequence[Row], config: CropConfig, resolution: int, out_dir: str | Path, workers: int = 1) -> list[Row]:
+def run_crop(rows: Sequence[Row], config: CropConfig, resolution: int, out_dir: str | Path, workers: int = 1) -> list[Row]:
     """Measure and crop every kept row; cropped videos go to ``out_dir`` (emptied first)."""
     out_dir = Path(out_dir)
     if out_dir.exists():

@@ -206,7 +206,7 @@ def _reject(row: Row, target: Path) -> Row:
     return update(row, {"raw_path": None})
 
 
-def ingest(config: IngestConfig, raw_dir: str | Path, workers: int = 1) -> list[Row]:
+def run_ingest(config: IngestConfig, raw_dir: str | Path, workers: int = 1) -> list[Row]:
     """Fill ``raw_dir`` (emptied first: it is this stage's output) and return the rows."""
     raw_dir = Path(raw_dir)
     if raw_dir.exists():

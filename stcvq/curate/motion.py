@@ -72,5 +72,5 @@ def measure_motion(row: Row, config: MotionConfig) -> Row:
     return row
 
 
-def motion(rows: Sequence[Row], config: MotionConfig, workers: int = 1) -> list[Row]:
+def run_motion(rows: Sequence[Row], config: MotionConfig, workers: int = 1) -> list[Row]:
     return run_stage(STAGE, measure_motion, rows, config, workers)

@@ -148,5 +148,5 @@ def measure_orientation(row: Row, config: OrientationConfig) -> Row:
     return row
 
 
-def orientation(rows: Sequence[Row], config: OrientationConfig, workers: int = 1) -> list[Row]:
+def run_orientation(rows: Sequence[Row], config: OrientationConfig, workers: int = 1) -> list[Row]:
     return run_stage(STAGE, measure_orientation, rows, config, workers)

@@ -149,5 +149,5 @@ def measure_text(row: Row, config: TextConfig) -> Row:
     return row
 
 
-def text(rows: Sequence[Row], config: TextConfig, workers: int = 1) -> list[Row]:
+def run_text(rows: Sequence[Row], config: TextConfig, workers: int = 1) -> list[Row]:
     return run_stage(STAGE, measure_text, rows, config, workers)

