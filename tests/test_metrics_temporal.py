@@ -222,7 +222,7 @@ def test_fvd_over_sets_with_a_torchscript_i3d(tmp_path):
     noisy = [np.clip(v + rng.normal(0, 60, v.shape), 0, 255).astype(np.uint8) for v in real]
     same = fvd(real, real, extractor)
     assert same.value == pytest.approx(0.0, abs=1e-6)
-    assert same.details == {"real_videos": 4, "generated_videos": 4, "feature_dim": 8}
+    assert same.details == {"real_videos": 4, "generated_videos": 4, "feature_dim": 8, "i3d_format": "torchscript"}
     assert fvd(real, noisy, extractor).value > fvd(real, blurred[:3] + real[3:], extractor).value > 0
     # it is the Frechet distance of the per-video features
     feats_r = np.stack([extractor(v) for v in real])
@@ -236,3 +236,40 @@ def test_fvd_needs_two_videos_per_set(tmp_path):
     extractor, _ = load_i3d_or_reason(tmp_path / "i3d.pt")
     video = np.zeros((4, 16, 16, 3), np.uint8)
     assert "at least 2" in fvd([video], [video, video], extractor).reason
+
+
+def test_fvd_with_a_plain_torch_inception_i3d_state_dict(tmp_path):
+    from safetensors.torch import save_file
+
+    from stcvq.metrics.i3d import InceptionI3d
+
+    torch.manual_seed(0)
+    model = InceptionI3d()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}  # as in torch<0.4 files
+    save_file(state, str(tmp_path / "rgb_imagenet.safetensors"))
+    extractor, reason = load_i3d_or_reason(tmp_path / "rgb_imagenet.safetensors")
+    assert reason is None and extractor.format == "inception_i3d_state_dict"
+    assert torch.equal(extractor.model.state_dict()["Mixed_5c.b3b.conv3d.weight"], model.state_dict()["Mixed_5c.b3b.conv3d.weight"])
+    extractor = I3DFeatures(tmp_path / "rgb_imagenet.safetensors", size=64)  # same loading, 12x cheaper than 224
+    videos = [_translating(1, 0, frames=8, size=32, seed=s) for s in range(2)]
+    features = extractor(videos[0])
+    assert features.shape == (400,)
+    with torch.inference_mode():
+        np.testing.assert_allclose(features, model(extractor.preprocess(videos[0]))[0].double().numpy(), rtol=1e-5, atol=1e-8)
+    flickered = [np.stack([cv2.convertScaleAbs(f, alpha=1.4) for f in v]) for v in videos]
+    result = fvd(videos, flickered, extractor)
+    assert result.value > 0 and result.details["feature_dim"] == 400
+
+
+def test_i3d_same_padding_and_shapes():
+    from stcvq.metrics.i3d import InceptionI3d, _same_pad
+
+    assert _same_pad(224, 7, 2) == (2, 3) and _same_pad(8, 3, 1) == (1, 1) and _same_pad(7, 2, 2) == (0, 1)
+    with torch.inference_mode():
+        assert InceptionI3d(num_classes=5)(torch.zeros(2, 3, 8, 64, 64)).shape == (2, 5)
+
+
+def test_broken_i3d_file_gives_a_reason(tmp_path):
+    (tmp_path / "i3d.pt").write_bytes(b"junk")
+    extractor, reason = load_i3d_or_reason(tmp_path / "i3d.pt")
+    assert extractor is None and "i3d.pt" in reason

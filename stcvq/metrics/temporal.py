@@ -10,6 +10,7 @@ pixels with ``a[y, x] ~ b[y + dy, x + dx]`` (OpenCV's and RAFT's convention).
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -233,29 +234,54 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-class I3DFeatures:
-    """I3D video features from a TorchScript archive.
+def is_torchscript(path: str | Path) -> bool:
+    """TorchScript archives are zip files with a ``code/`` folder; torch.save files have none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
-    Expected: StyleGAN-V's ``i3d_torchscript.pt`` (the Kinetics-400 I3D of the original TF FVD,
-    ported to TorchScript), called as ``model(x, rescale=False, resize=False,
-    return_features=True)`` on float (N, 3, T, 224, 224) in [-1, 1], returning (N, 400).
-    ``call_kwargs`` can be set to {} for a TorchScript module whose forward takes only x.
-    Frames are resized to 224x224 bilinearly (align_corners=False) before the call.
+
+class I3DFeatures:
+    """I3D video features, from either of two files (the format is detected):
+
+    * a TorchScript archive: StyleGAN-V's ``i3d_torchscript.pt`` (the Kinetics-400 I3D of the
+      original TF FVD, ported), called as ``model(x, rescale=False, resize=False,
+      return_features=True)`` -> (N, 400); ``call_kwargs={}`` for a module taking only x;
+    * a state dict for :class:`stcvq.metrics.i3d.InceptionI3d` (pytorch-i3d's
+      ``rgb_imagenet.pt``, or ``.safetensors``) -> time-averaged 400 logits.
+
+    Both take float (N, 3, T, 224, 224) RGB in [-1, 1]; frames are resized to 224x224
+    bilinearly (align_corners=False) first. One video per call (videos may differ in length).
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", call_kwargs: dict | None = None, size: int = 224) -> None:
         self.device = torch.device(device)
-        self.model = load_torchscript(path, self.device)
-        self.call_kwargs = dict(rescale=False, resize=False, return_features=True) if call_kwargs is None else call_kwargs
-        self.size = size
         self.path = str(path)
+        self.size = size
+        if not Path(path).is_file():
+            raise WeightsError(f"{path}: no such I3D weights file")
+        if is_torchscript(path):
+            self.format = "torchscript"
+            self.model = load_torchscript(path, self.device)
+            self.call_kwargs = dict(rescale=False, resize=False, return_features=True) if call_kwargs is None else call_kwargs
+        else:
+            from stcvq.metrics.i3d import load_i3d
+
+            self.format = "inception_i3d_state_dict"
+            self.model = load_i3d(path).to(self.device)
+            self.call_kwargs = {} if call_kwargs is None else call_kwargs
+
+    def preprocess(self, video: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 -> (1, 3, T, size, size) float in [-1, 1]."""
+        x = torch.from_numpy(np.ascontiguousarray(video)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x.permute(1, 0, 2, 3).unsqueeze(0)
 
     @torch.inference_mode()
     def __call__(self, video: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(video)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        x = x.permute(1, 0, 2, 3).unsqueeze(0)  # (1, 3, T, H, W)
-        feats = self.model(x, **self.call_kwargs)
+        feats = self.model(self.preprocess(video), **self.call_kwargs)
         if feats.ndim != 2 or feats.shape[0] != 1:
             raise WeightsError(f"{self.path}: I3D returned shape {tuple(feats.shape)}, expected (1, D)")
         return feats[0].double().cpu().numpy()
@@ -263,7 +289,7 @@ class I3DFeatures:
 
 def load_i3d_or_reason(path: str | Path | None, device: str | torch.device = "cpu") -> tuple[I3DFeatures | None, str | None]:
     if not path:
-        return None, "I3D weights were not provided (StyleGAN-V i3d_torchscript.pt expected)"
+        return None, "I3D weights were not provided (StyleGAN-V i3d_torchscript.pt or pytorch-i3d rgb_imagenet.pt)"
     try:
         return I3DFeatures(path, device), None
     except WeightsError as err:
@@ -294,4 +320,4 @@ def fvd(
     real = np.stack([extractor(v) for v in real_videos])
     fake = np.stack([extractor(v) for v in fake_videos])
     value = frechet_distance(*feature_statistics(real), *feature_statistics(fake))
-    return MetricResult(max(value, 0.0), details={"real_videos": len(real), "generated_videos": len(fake), "feature_dim": int(real.shape[1])})
+    return MetricResult(max(value, 0.0), details={"real_videos": len(real), "generated_videos": len(fake), "feature_dim": int(real.shape[1]), "i3d_format": getattr(extractor, "format", type(extractor).__name__)})

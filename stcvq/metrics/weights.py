@@ -43,10 +43,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Strict load; a missing or unexpected key is a WeightsError naming ``path``."""
     result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    # BatchNorm's step counter is unused in eval and absent from checkpoints saved by
+    # torch < 0.4 (e.g. pytorch-i3d's converted DeepMind weights)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
         raise WeightsError(
             f"{path}: weights do not fit {type(module).__name__}: "
-            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     log.info("loaded %d tensors from %s into %s", len(state), path, type(module).__name__)
 
