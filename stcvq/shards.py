@@ -10,10 +10,11 @@ Layout (one folder per task)::
     {split}-{task}.json          index: shards, and for each sample each member's byte offset,
                                  size and CRC32
 
-Frame format: FFV1 is lossless and 2-6x smaller than raw frames; it decodes at about 8 ms per
-512^2 frame on one core here (a 24-frame HQ+LQ pair in ~0.4 s per worker), ahead of what a
-Stage II step consumes. ``npy`` (raw uint8 (T, H, W, 3)) decodes ~60x faster at 2-6x the size:
-pick it with ``frame_codec: npy`` when disk is cheap and CPU is not. Both are exact.
+Frame format: FFV1 is lossless and 2-6x smaller than raw frames (3x on the embedded default,
+5.7x on 512^2 upscaled face video); it decodes at about 0.7 ms per 64^2 frame and 8 ms per 512^2
+frame on one core here (a 24-frame 512^2 HQ+LQ pair in ~0.4 s per worker). ``npy`` (raw uint8
+(T, H, W, 3)) decodes 25-60x faster at 3-6x the size: pick it with ``frame_codec: npy`` when disk
+is cheap and CPU is not. Both are exact; benchmarks/bench_synthesis.py measures both.
 
 Determinism: tars are written with fixed member metadata (mtime 0, uid/gid 0, no user names)
 in clip order, FFV1 with bitexact flags and one thread: the same input gives the same bytes.
@@ -100,7 +101,11 @@ def decode_frames(data: bytes, ext: str) -> np.ndarray:
         return np.load(io.BytesIO(data), allow_pickle=False)
     if ext == "mkv":
         with av.open(io.BytesIO(data)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            stream = container.streams.video[0]
+            # one thread: parallelism comes from DataLoader workers; a thread pool per clip costs more
+            stream.codec_context.thread_count = 1
+            stream.thread_type = "NONE"
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         if not frames:
             raise ValueError("no decodable frames")
         return np.stack(frames)
@@ -472,7 +477,8 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader over :class:`ClipDataset` (which batches itself, hence ``batch_size=None``).
 
-    Call ``loader.dataset.set_epoch(epoch, start_sample)`` before iterating each epoch.
+    Call ``loader.dataset.set_epoch(epoch, start_sample)`` before iterating each epoch. Workers
+    are not persistent on purpose: a persistent worker keeps the epoch it started with.
     """
     dataset = ClipDataset(sources, batch_size=batch_size, **dataset_kwargs)
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity)
