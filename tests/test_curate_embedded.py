@@ -85,3 +85,18 @@ def test_orientation_and_motion_measurements(stages):
         assert row["motion_intensity_norm"] == pytest.approx(row["motion_intensity"] / 64**2)
     # half the frame rate: twice the time between frames, more motion per pair
     assert rows["carphone_halffps"]["motion_intensity"] > 1.3 * rows["carphone_pristine"]["motion_intensity"]
+
+
+def test_x_only_side_ratio_calls_tilted_carphone_a_side_face(stages, monkeypatch):
+    """Why roll correction is on: with the paper's image-x formula, carphone's ~30 degree head
+    tilt pushes alpha past 2.5 in some frames, and a strict per-video rule drops it."""
+    from stcvq.curate import OrientationConfig, run_orientation
+
+    monkeypatch.chdir(stages[1])  # raw_path is relative to the run folder
+    crop_rows = [r for r in stages[0]["crop"] if r["video_id"] == "carphone_pristine"]
+    strict = OrientationConfig(roll_correction=False, max_side_fraction=0.0)
+    [paper] = run_orientation(crop_rows, strict, workers=1)
+    assert paper["side_ratio_max"] > 2.5
+    assert not paper["keep"] and paper["reason"] == "side_face" and paper["drop_stage"] == "orientation"
+    [ours] = run_orientation(crop_rows, OrientationConfig(max_side_fraction=0.0), workers=1)
+    assert ours["keep"] and ours["side_ratio_max"] < 2.5
