@@ -28,7 +28,7 @@ from stcvq.video import VideoError, probe, read_frames
 log = logging.getLogger(__name__)
 
 CLIP_COLUMNS = [
-    "clip_id", "video_id", "source_group", "source_path", "split", "split_mode",
+    "clip_id", "video_id", "source_group", "source_path", "original_path", "split", "split_mode",
     "split_start", "split_stop", "frame_start", "frame_stop", "fps", "height", "width",
 ]
 
@@ -130,7 +130,7 @@ def plan_clips(manifest: pd.DataFrame, cfg: ClipConfig) -> tuple[pd.DataFrame, p
         group = str(group) if group is not None and not pd.isna(group) else video_id
         fps = float(row.get("fps") or 0) or info.fps
         videos.append({"video_id": video_id, "path": path, "group": group, "num_frames": num_frames, "fps": fps,
-                       "height": info.height, "width": info.width, "source_path": str(row.get("source_path", ""))})
+                       "height": info.height, "width": info.width, "source_path": str(row.get("source_path") or "")})
 
     groups = sorted({v["group"] for v in videos})
     split_mode = "group" if len(groups) >= len(cfg.splits) else "time"
@@ -160,6 +160,7 @@ def plan_clips(manifest: pd.DataFrame, cfg: ClipConfig) -> tuple[pd.DataFrame, p
                 rows.append({
                     "clip_id": f"{safe_key(video['video_id'])}-{s:06d}",
                     "video_id": video["video_id"], "source_group": video["group"], "source_path": video["path"],
+                    "original_path": video["source_path"],
                     "split": split, "split_mode": split_mode, "split_start": lo, "split_stop": hi,
                     "frame_start": s, "frame_stop": s + cfg.length, "fps": video["fps"],
                     "height": video["height"], "width": video["width"],

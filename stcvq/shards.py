@@ -503,7 +503,7 @@ def _synthesize_job(job: tuple) -> tuple[str, dict[str, bytes] | None, dict[str,
     ext = FRAME_EXTENSIONS[codec]
     meta = {
         "clip_id": row["clip_id"], "video_id": row["video_id"], "source_group": row["source_group"],
-        "source_path": row["source_path"], "split": row["split"], "split_mode": row["split_mode"],
+        "source_path": row["source_path"], "original_path": row.get("original_path", ""), "split": row["split"], "split_mode": row["split_mode"],
         "split_range": [row["split_start"], row["split_stop"]],
         "frame_start": int(row["frame_start"]), "frame_stop": int(row["frame_stop"]), "fps": float(row["fps"]),
         "num_frames": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2]),
