@@ -273,3 +273,63 @@ def test_broken_i3d_file_gives_a_reason(tmp_path):
     (tmp_path / "i3d.pt").write_bytes(b"junk")
     extractor, reason = load_i3d_or_reason(tmp_path / "i3d.pt")
     assert extractor is None and "i3d.pt" in reason
+
+
+# ------------------------------------------------------------------ RAFT-large port
+
+
+def test_raft_port_has_torchvisions_parameter_count():
+    from stcvq.metrics.raft import RAFT
+
+    assert sum(p.numel() for p in RAFT().parameters()) == 5_257_536  # torchvision's documented raft_large size
+
+
+def test_raft_correlation_lookup_order_and_values():
+    from stcvq.metrics.raft import CorrBlock, coords_grid
+
+    torch.manual_seed(0)
+    block = CorrBlock(num_levels=2, radius=4)
+    fmap1, fmap2 = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8)
+    corr = block.lookup(block.build_pyramid(fmap1, fmap2), coords_grid(1, 8, 8, torch.device("cpu")))
+    assert corr.shape == (1, 2 * 81, 8, 8)
+    y, x = 3, 4
+    side, r = 9, 4
+    # channel i * 9 + j looks at (x + offset_i, y + offset_j)
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (-2, 3)):
+        channel = (r + dx) * side + (r + dy)
+        expected = (fmap1[0, :, y, x] * fmap2[0, :, y + dy, x + dx]).sum() / 4.0
+        assert corr[0, channel, y, x] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_convex_upsampling_of_a_constant_flow():
+    from stcvq.metrics.raft import upsample_flow
+
+    flow = torch.ones(1, 2, 4, 5) * torch.tensor([1.5, -0.5]).view(1, 2, 1, 1)
+    fine = upsample_flow(flow, torch.zeros(1, 576, 4, 5))
+    assert fine.shape == (1, 2, 32, 40)
+    # interior pixels average 9 equal neighbours; border ones see zero padding
+    np.testing.assert_allclose(fine[0, :, 8:-8, 8:-8].numpy(), (8 * flow[0, :, :1, :1]).expand(2, 16, 24).numpy(), atol=1e-5)
+
+
+def test_raft_state_dict_loads_through_the_flow_backend(tmp_path):
+    from stcvq.metrics.raft import RAFT
+
+    torch.manual_seed(0)
+    model = RAFT()
+    torch.save(model.state_dict(), tmp_path / "raft_large_C_T_SKHT_V2.pth")
+    backend, note = flow_backend(tmp_path / "raft_large_C_T_SKHT_V2.pth")
+    assert isinstance(backend, RAFTFlow) and backend.format == "raft_large_state_dict"
+    video = _translating(2, 1, frames=2, size=36)  # padded to 64x64 inside
+    flows = backend(video[:1], video[1:])
+    assert flows.shape == (1, 36, 36, 2) and np.isfinite(flows).all()
+    a = F.pad(torch.from_numpy(video[:1]).permute(0, 3, 1, 2).float() / 127.5 - 1, (0, 28, 0, 28), mode="replicate")
+    b = F.pad(torch.from_numpy(video[1:]).permute(0, 3, 1, 2).float() / 127.5 - 1, (0, 28, 0, 28), mode="replicate")
+    with torch.inference_mode():
+        expected = model(a, b)[-1][:, :, :36, :36].permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(flows, expected, atol=1e-4)
+
+
+def test_raft_weights_of_the_wrong_shape_fall_back_to_dis(tmp_path):
+    torch.save({"feature_encoder.conv.weight": torch.zeros(3, 3, 1, 1)}, tmp_path / "raft_wrong.pth")
+    backend, note = flow_backend(tmp_path / "raft_wrong.pth")
+    assert backend.name == "dis" and "raft_wrong.pth" in note

@@ -10,7 +10,6 @@ pixels with ``a[y, x] ~ b[y + dy, x + dx]`` (OpenCV's and RAFT's convention).
 from __future__ import annotations
 
 import logging
-import zipfile
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from stcvq.metrics.result import MetricResult, check_pair, check_video
-from stcvq.metrics.weights import WeightsError, load_torchscript
+from stcvq.metrics.weights import WeightsError, is_torchscript, load_torchscript
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +78,34 @@ class DISFlow:
 
 
 class RAFTFlow:
-    """RAFT from a TorchScript archive.
+    """RAFT from either of two files (the format is detected):
 
-    Expected: ``torch.jit.script(torchvision.models.optical_flow.raft_large(weights=...))``
-    (or raft_small) saved with ``torch.jit.save``; any TorchScript module works whose
-    ``forward(image1, image2)`` takes float (N, 3, H, W) in [-1, 1] with H, W multiples of 8
-    and returns a (N, 2, H, W) flow in pixels or a list of them (the last is used, as
-    torchvision's RAFT returns one per refinement iteration). Frames are edge-padded to a
-    multiple of 8 and the flow is cropped back.
+    * a torchvision ``raft_large`` state dict (``raft_large_C_T_SKHT_V2-ff5fadd5.pth`` or
+      ``.safetensors``), run by the plain-torch port :class:`stcvq.metrics.raft.RAFT`;
+    * a TorchScript archive whose ``forward(image1, image2)`` returns a (N, 2, H, W) flow or a
+      list of them (e.g. ``torch.jit.script(torchvision...raft_large(weights=...))``).
+
+    Both take float (N, 3, H, W) RGB in [-1, 1] with H, W multiples of 8; frames are
+    edge-padded to a multiple of 8 (and to at least 64, which the correlation pyramid needs;
+    torchvision recommends 128) and the flow cropped back; the last refinement is used.
     """
 
     name = "raft"
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 4) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 4, num_flow_updates: int = 12) -> None:
         self.device = torch.device(device)
-        self.model = load_torchscript(path, self.device)
-        self.batch_size = batch_size
         self.path = str(path)
+        if not Path(path).is_file():
+            raise WeightsError(f"{path}: no such RAFT weights file")
+        if is_torchscript(path):
+            self.format, self.model, self.call_kwargs = "torchscript", load_torchscript(path, self.device), {}
+        else:
+            from stcvq.metrics.raft import load_raft
+
+            self.format = "raft_large_state_dict"
+            self.model = load_raft(path).to(self.device)
+            self.call_kwargs = {"num_flow_updates": num_flow_updates}
+        self.batch_size = batch_size
 
     def _prep(self, frames: np.ndarray, pad_h: int, pad_w: int) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -104,10 +114,13 @@ class RAFTFlow:
     @torch.inference_mode()
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         h, w = a.shape[1:3]
-        pad_h, pad_w = (-h) % 8, (-w) % 8
+        # multiples of 8, and at least 64: the 4-level correlation pyramid halves h/8 three times
+        pad_h, pad_w = max((-h) % 8, 64 - h), max((-w) % 8, 64 - w)
         chunks = []
         for s in range(0, len(a), self.batch_size):
-            out = self.model(self._prep(a[s : s + self.batch_size], pad_h, pad_w), self._prep(b[s : s + self.batch_size], pad_h, pad_w))
+            out = self.model(
+                self._prep(a[s : s + self.batch_size], pad_h, pad_w), self._prep(b[s : s + self.batch_size], pad_h, pad_w), **self.call_kwargs
+            )
             if isinstance(out, (list, tuple)):
                 out = out[-1]
             if out.ndim != 4 or out.shape[1] != 2:
@@ -232,15 +245,6 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (unbiased, ddof=1) covariance of (N, D) features, as FID/FVD use."""
     features = np.asarray(features, np.float64)
     return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def is_torchscript(path: str | Path) -> bool:
-    """TorchScript archives are zip files with a ``code/`` folder; torch.save files have none."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any("/code/" in name for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 class I3DFeatures:

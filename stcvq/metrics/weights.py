@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 
 import torch
@@ -42,7 +43,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Strict load; a missing or unexpected key is a WeightsError naming ``path``."""
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches raise even with strict=False
+        raise WeightsError(f"{path}: weights do not fit {type(module).__name__}: {err}") from None
     # BatchNorm's step counter is unused in eval and absent from checkpoints saved by
     # torch < 0.4 (e.g. pytorch-i3d's converted DeepMind weights)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
@@ -65,3 +69,12 @@ def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> to
         raise WeightsError(f"{path}: not a loadable TorchScript archive: {err}") from None
     module.eval()
     return module
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """TorchScript archives are zip files with a ``code/`` folder; torch.save files have none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
