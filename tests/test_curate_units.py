@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -300,3 +301,21 @@ def test_runner_records_one_failure_and_keeps_the_rest():
     assert out[1]["reason"] == "unreadable: Invalid data found" and out[1]["drop_stage"] == "test"
     assert out[2]["reason"] == "error: RuntimeError: kaput"
     assert out[3]["reason"] == "no_face" and out[3]["width"] is None  # earlier drops pass through
+
+
+def crash_on_bad(row, config):
+    """A measure that kills its worker process on one video (stands in for a native crash)."""
+    if row["video_id"] == "bad":
+        os._exit(3)
+    return manifest.update(row, {"width": config})
+
+
+def test_a_worker_that_dies_drops_only_its_video():
+    from stcvq.curate.runner import run_stage
+
+    rows = [manifest.new_row(video_id=v) for v in ("a", "bad", "c", "d")]
+    out = run_stage("test", crash_on_bad, rows, 5, workers=2)
+    assert [r["video_id"] for r in out] == ["a", "bad", "c", "d"]
+    assert [r["keep"] for r in out] == [True, False, True, True]
+    assert out[1]["reason"] == "error: worker process died"
+    assert all(r["width"] == 5 for r in out if r["keep"])

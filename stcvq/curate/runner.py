@@ -72,19 +72,47 @@ def run_stage(stage: str, measure: Measure, rows: Sequence[Row], config: Any, wo
     threads = max(1, cpus // workers)
     log.info("%s: %d of %d videos to measure with %d worker(s) x %d thread(s)", stage, todo, len(rows), workers, threads)
     bar = tqdm(total=len(rows), desc=stage, unit="video", disable=None)
-    out: list[Row] = []
     try:
         if workers == 1:
             limit_threads(threads)
+            out = []
             for row in rows:
                 out.append(work(row))
                 bar.update()
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=limit_threads, initargs=(threads,)) as pool:
-                for row in pool.map(work, rows):  # map keeps input order
-                    out.append(row)
-                    bar.update()
+            return out
+        return _run_pool(stage, work, rows, workers, threads, bar)
     finally:
         bar.close()
-    return out
+
+
+def _run_pool(stage: str, work: Callable[[Row], Row], rows: Sequence[Row], workers: int, threads: int, bar: tqdm) -> list[Row]:
+    """Rows through a spawn pool, results placed by input index (order never depends on timing).
+
+    A worker that dies (a crash inside a native decoder, the OOM killer) breaks the whole pool;
+    the unfinished rows are then retried one per fresh single-worker pool, so only the video
+    that kills its worker is dropped (``error: worker process died``).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    results: list[Row | None] = [None] * len(rows)
+
+    def pool(n: int) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(n, mp_context=ctx, initializer=limit_threads, initargs=(threads,))
+
+    try:
+        with pool(workers) as executor:
+            futures = {executor.submit(work, row): i for i, row in enumerate(rows)}
+            for future in concurrent.futures.as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+    except concurrent.futures.process.BrokenProcessPool:
+        left = [i for i, r in enumerate(results) if r is None]
+        log.error("%s: a worker process died; retrying %d unfinished video(s) one at a time", stage, len(left))
+        for i in left:
+            try:
+                with pool(1) as executor:
+                    results[i] = executor.submit(work, rows[i]).result()
+            except concurrent.futures.process.BrokenProcessPool:
+                log.error("%s: %s killed its worker process", stage, rows[i]["video_id"])
+                results[i] = drop(rows[i], "error: worker process died", stage)
+            bar.update()
+    return [r for r in results if r is not None]
