@@ -64,8 +64,12 @@ class BFVRConfig:
     noise_sigma: tuple[float, float] = (0.0, 5.0)  # delta: std of Gaussian noise on the 0..255 scale
     crf: tuple[int, int] = (18, 25)  # libx264 CRF, both ends inclusive
     mode: Literal["consistent", "stochastic"] = "consistent"
+    # blur_sigma is in pixels of a frame this size; None applies it as-is. The paper's ranges
+    # are for 512^2 faces: with 512 here a 64^2 clip gets the same blur relative to the face.
+    sigma_reference_size: int | None = None
 
     def __post_init__(self) -> None:
+        check(self.sigma_reference_size is None or self.sigma_reference_size > 0, "bfvr.sigma_reference_size must be > 0 or null")
         _check_range("bfvr.blur_sigma", self.blur_sigma, 0.0)
         _check_range("bfvr.downscale", self.downscale, 1.0)
         _check_range("bfvr.noise_sigma", self.noise_sigma, 0.0)
@@ -190,10 +194,11 @@ def bfvr_degrade(
         workdir = Path(tmp)
         # consistent: one group (the whole clip, one encode); stochastic: one group per frame
         groups = [list(range(num))] if cfg.mode == "consistent" else [[i] for i in range(num)]
+        sigma_scale = 1.0 if cfg.sigma_reference_size is None else min(height, width) / cfg.sigma_reference_size
         for group in groups:
             params = per_frame[group[0]]
             size = _small_size(height, width, params["downscale"])
-            small = [_blur_down(frames[i], params["blur_sigma"], size) for i in group]
+            small = [_blur_down(frames[i], params["blur_sigma"] * sigma_scale, size) for i in group]
             noisy = [_add_noise(s, params["noise_sigma"], rng) for s in small]
             clean = [_add_noise(s, 0.0, rng) for s in small]
             lq += _compress_up(noisy, params["crf"], fps, (height, width), workdir)
@@ -212,6 +217,7 @@ def bfvr_degrade(
         "codec": "libx264 yuv420p preset medium, 1 thread (stcvq.video.encode_decode_roundtrip)",
         "resize": "blur reflect border; linear down; linear up",
         "lq_noisefree": "same draws with noise_sigma = 0",
+        "blur_sigma_applied_scale": sigma_scale,  # blur_sigma * this = sigma in this clip's pixels
     }
     return np.stack(lq), np.stack(lq_clean), meta
 

@@ -164,3 +164,12 @@ def test_diffusers_backend_with_tiny_random_pipeline(face_clip, tmp_path):
 def test_clip_seed_depends_on_all_inputs():
     assert clip_seed(0, "bfvr", "a-000000") == clip_seed(0, "bfvr", "a-000000")
     assert len({clip_seed(0, "bfvr", "a"), clip_seed(1, "bfvr", "a"), clip_seed(0, "deflicker", "a"), clip_seed(0, "bfvr", "b")}) == 4
+
+
+def test_blur_sigma_scales_with_reference_size(face_clip):
+    # the same draws; a 512 reference blurs a 64^2 clip 8x less, so it stays closer to the HQ
+    base = dict(blur_sigma=(4.0, 4.0), downscale=(1.0, 1.0), noise_sigma=(0.0, 0.0), crf=(10, 10))
+    as_is, _, meta = bfvr_degrade(face_clip, BFVRConfig(**base), np.random.default_rng(0))
+    scaled, _, scaled_meta = bfvr_degrade(face_clip, BFVRConfig(**base, sigma_reference_size=512), np.random.default_rng(0))
+    assert meta["blur_sigma_applied_scale"] == 1.0 and scaled_meta["blur_sigma_applied_scale"] == 0.125
+    assert psnr(scaled, face_clip) > psnr(as_is, face_clip) + 3.0
