@@ -28,7 +28,7 @@ def main(task: str) -> None:
     log = setup_logging(f"synthesize@{task}")
     if task not in TASKS:
         raise SystemExit(f"unknown task {task!r}; known: {list(TASKS)}")
-    params = load_params("synthesize", "shards", "seed", "workers")
+    params = load_params("synthesize", "shards", "seed", "workers", "clips")
     section = params["synthesize"].get(task, {})
     synth = from_dict(SynthesisConfig, {task.replace("-", "_"): section}, where="params.yaml:synthesize")
     shard_cfg = from_dict(ShardConfig, params["shards"], where="params.yaml:shards")
@@ -38,7 +38,8 @@ def main(task: str) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp makes it private
     try:
-        summary = write_task_shards(clips, task, synth, shard_cfg, staging, seed=params["seed"], workers=params["workers"])
+        summary = write_task_shards(clips, task, synth, shard_cfg, staging, seed=params["seed"], workers=params["workers"],
+                                    splits=list(params["clips"].get("splits") or []))
     except WeightsUnavailable as err:
         shutil.rmtree(staging, ignore_errors=True)
         raise SystemExit(f"synthesize@{task}: {err}") from None

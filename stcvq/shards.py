@@ -518,13 +518,15 @@ def _synthesize_job(job: tuple) -> tuple[str, dict[str, bytes] | None, dict[str,
 
 
 def write_task_shards(
-    clips, task: str, synth_cfg, shard_cfg: ShardConfig, out_dir: str | Path, *, seed: int = 0, workers: int = 1, renderer=None
+    clips, task: str, synth_cfg, shard_cfg: ShardConfig, out_dir: str | Path, *, seed: int = 0, workers: int = 1,
+    renderer=None, splits: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Degrade every clip for ``task`` and write ``{split}-{task}-%06d.tar`` + index per split.
 
     ``clips`` is the table from :func:`stcvq.clips.plan_clips`. Per-clip seeds come from
     (seed, task, clip id), so the bytes do not depend on ``workers``. Returns a summary with
-    counts per split and every skipped clip with its reason.
+    counts per split and every skipped clip with its reason. Every split in ``splits`` (default:
+    those in ``clips``) gets an index, an empty one when it has no clips, so readers find it.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -539,7 +541,7 @@ def write_task_shards(
         renderer = make_renderer(synth_cfg.deflicker_pixel)  # fails early and clearly without weights
     if renderer is not None and renderer.name == "diffusers":
         workers = 1  # one model in one process; the pipeline threads internally
-    splits = list(dict.fromkeys(clips["split"])) if len(clips) else []
+    splits = list(dict.fromkeys([*(splits or []), *clips["split"]]))
     skipped: list[dict[str, str]] = []
     counts: dict[str, int] = {}
     backend = None

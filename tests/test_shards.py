@@ -220,3 +220,13 @@ def test_same_seed_same_bytes(clip_table, tmp_path, task):
     assert meta["frame_stop"] - meta["frame_start"] == 8 and meta["backend"]
     if task == "deflicker-pixel":
         assert "NOT Stable Diffusion" in meta["degradation"]["backend_label"]
+
+
+def test_empty_split_gets_an_empty_index(clip_table, tmp_path):
+    cfg = SynthesisConfig()
+    only_train = clip_table[clip_table["split"] == "train"].head(1)
+    summary = write_task_shards(only_train, "deflicker", cfg, ShardConfig(), tmp_path, splits=["train", "val", "test"])
+    assert summary["clips"] == {"train": 1, "val": 0, "test": 0}
+    assert json.loads((tmp_path / "val-deflicker.json").read_text())["num_samples"] == 0
+    with pytest.raises(ShardError, match="no samples"):
+        ClipDataset(tmp_path / "val-deflicker.json")
