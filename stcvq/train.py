@@ -58,6 +58,7 @@ class TrainConfig:
     min_lr: float = 6e-5  # cosine schedule ends here (paper Stage I: 7e-5 -> 6e-5)
     warmup_steps: int = 0
     betas: tuple[float, float] = (0.9, 0.99)
+    adam_eps: float = 1e-8
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     ema_decay: float = 0.995  # 0 = no EMA
@@ -351,12 +352,12 @@ def train(
     model = objective.model.to(device)
     disc = objective.discriminator.to(device) if objective.discriminator is not None else None
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     use_adv = disc is not None and cfg.adversarial_weight > 0
     if disc is not None:
         disc_params = [p for p in disc.parameters() if p.requires_grad]
-        opt_d = torch.optim.AdamW(disc_params, lr=cfg.disc_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        opt_d = torch.optim.AdamW(disc_params, lr=cfg.disc_lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step, epoch, consumed, bad_steps, bad_in_row = 0, 0, 0, 0, 0

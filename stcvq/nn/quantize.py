@@ -13,8 +13,8 @@ Regularisers (the paper's section on codebook collapse, Eq. 6):
           s = row-normalise(1 / (D_E + eps)), P_post = mean of s over all tokens,
           L_KL = KL(P_post || U) = sum_n p_n log(p_n * N). Differentiable in both the latents
           (so the encoder and, for the temporal codebook, TA get gradient) and the codes.
-Under DDP the marginal is summed over all processes (a differentiable all-reduce), so the
-regulariser is that of the global batch.
+Under DDP the marginal is summed over all processes, so the regulariser is that of the global
+batch (and a two-process run matches a one-process run with the same global batch).
 """
 
 from __future__ import annotations
@@ -42,12 +42,18 @@ class QuantizeResult:
 
 
 def _global_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over DDP processes with gradient (each process's share gets its own gradient)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        import torch.distributed.nn.functional as dist_fn
+    """Sum of ``x`` over DDP processes whose gradient flows into this process's share.
 
-        return dist_fn.all_reduce(x)
-    return x
+    Value: the global sum. Gradient: ``world_size`` x the local one, because DDP *averages*
+    gradients over processes while the global sum's true gradient is their *sum*. No collective
+    runs in the backward pass, and none at all without grad (evaluation runs on one process)."""
+    if not (torch.is_grad_enabled() and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x
+    world = dist.get_world_size()
+    total = x.detach().clone()
+    dist.all_reduce(total)
+    scaled = x * world
+    return scaled + (total - scaled.detach())
 
 
 def kl_to_uniform(p: torch.Tensor, eps: float) -> torch.Tensor:
