@@ -40,6 +40,12 @@ def limit_threads(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
+def _init_worker(threads: int, level: int) -> None:
+    """Pool initializer: thread caps, and logging like the parent's (spawned workers start bare)."""
+    limit_threads(threads)
+    logging.basicConfig(level=level, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
 def worker_threads() -> int:
     """Threads a worker may use (set by :func:`limit_threads`; 1 when unset)."""
     return max(1, int(os.environ.get("STCVQ_THREADS", "1")))
@@ -79,10 +85,14 @@ def run_stage(stage: str, measure: Measure, rows: Sequence[Row], config: Any, wo
             for row in rows:
                 out.append(work(row))
                 bar.update()
-            return out
-        return _run_pool(stage, work, rows, workers, threads, bar)
+        else:
+            out = _run_pool(stage, work, rows, workers, threads, bar)
     finally:
         bar.close()
+    for before, after in zip(rows, out):
+        if before["keep"]:
+            log.info("%s: %s %s", stage, after["video_id"], "kept" if after["keep"] else f"dropped: {after['reason']}")
+    return out
 
 
 def _run_pool(stage: str, work: Callable[[Row], Row], rows: Sequence[Row], workers: int, threads: int, bar: tqdm) -> list[Row]:
@@ -96,7 +106,7 @@ def _run_pool(stage: str, work: Callable[[Row], Row], rows: Sequence[Row], worke
     results: list[Row | None] = [None] * len(rows)
 
     def pool(n: int) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(n, mp_context=ctx, initializer=limit_threads, initargs=(threads,))
+        return concurrent.futures.ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(threads, logging.getLogger().getEffectiveLevel()))
 
     try:
         with pool(workers) as executor:
