@@ -57,8 +57,8 @@ def _global_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def kl_to_uniform(p: torch.Tensor, eps: float) -> torch.Tensor:
-    """KL(p || uniform over len(p)) = sum p log(p N); ``eps`` guards log(0)."""
-    return (p * torch.log(p * p.numel() + eps)).sum()
+    """KL(p || uniform over len(p)) = sum p log(p N); ``eps`` floors p N inside the log (log 0)."""
+    return (p * torch.log((p * p.numel()).clamp_min(eps))).sum()
 
 
 def marginal_similarity(distances: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
