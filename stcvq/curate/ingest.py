@@ -150,14 +150,13 @@ def make_derived(source: Path, derivation: str, target: Path, config: IngestConf
     """Write the ``derivation`` of ``source`` to ``target`` (x264, deterministic)."""
     info = probe(source)
     fps = Fraction(info.fps_fraction)
-    frames = read_frames(source)
     if derivation == "caption":
-        frames = (burn_caption(f, config.caption) for f in frames)
+        frames = (burn_caption(f, config.caption) for f in read_frames(source))
     elif derivation == "x4":
-        frames = (cv2.resize(f, (4 * info.width, 4 * info.height), interpolation=cv2.INTER_CUBIC) for f in frames)
+        size = (4 * info.width, 4 * info.height)
+        frames = (cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in read_frames(source))
     elif derivation == "halffps":
-        frames = read_frames(source, step=2)
-        fps = fps / 2
+        frames, fps = read_frames(source, step=2), fps / 2
     else:
         raise ValueError(f"{source}: unknown derivation {derivation!r}")
     write_video(target, frames, fps, crf=config.derived_crf, audio_from=None)

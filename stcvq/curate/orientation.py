@@ -20,6 +20,7 @@ camera: carphone tilts ~30 degrees and reaches x-only alpha 5.5 in frames where 
 alpha is 1.8 (and 0.66-1.81 over the whole clip). We therefore measure the three points
 along the axis through the outer eye corners. ``roll_correction: false`` gives the paper's
 formula exactly.
+
 Frames where the frontal detector found no face are not measured (a full profile is
 usually not detected at all; such a video is already dropped as ``no_face`` when too few
 frames have a face).
