@@ -303,6 +303,7 @@ class TrainResult:
     step: int
     history: list[dict[str, float]]  # every evaluation: {"step": ..., metric: ...}
     bad_steps: int
+    discriminator: nn.Module | None = None
 
 
 def _autocast(device: torch.device, precision: str):
@@ -550,7 +551,7 @@ def train(
     logger.close()
     if created_group:
         dist.destroy_process_group()
-    return TrainResult(model, ema.model if ema is not None else None, step, history, bad_steps)
+    return TrainResult(model, ema.model if ema is not None else None, step, history, bad_steps, disc)
 
 
 def _hinge_g(logits: list[torch.Tensor]) -> torch.Tensor:
