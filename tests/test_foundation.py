@@ -109,3 +109,18 @@ def test_write_video_rejects_mismatched_frames(tmp_path, moving_square):
     with pytest.raises(video.VideoError, match="expected 48x32"):
         video.write_video(tmp_path / "bad.mp4", frames, 25)
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_atomic_write_has_ordinary_permissions(tmp_path):
+    target = tmp_path / "m.json"
+    io.write_json(target, {"a": 1})
+    expected = 0o666 & ~_current_umask()
+    assert target.stat().st_mode & 0o777 == expected
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
