@@ -4,6 +4,8 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stcvq-installed
+# dvc.yaml runs `python -m pipeline.<stage>`: the venv's python must come first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: env repro test bench paper clean-env
 
