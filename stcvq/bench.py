@@ -1,0 +1,136 @@
+"""Cost of enhancing with the real architecture and random weights.
+
+The architecture's cost does not depend on its weights, so the paper profile can be measured
+without the paper's checkpoints. Each figure comes with the machine's own reference measured
+in the same run: a matrix product of the same dtype gives the FLOP/s the hardware reaches, and
+``achieved_flops_per_s`` divided by it is how well the model uses the machine.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stcvq.enhance import StreamConfig, WholeFrame, restore_stream
+
+_TORCH_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def gemm_flops_per_s(dtype: str, device: str, n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` FLOP/s of an n^3 matrix product in ``dtype`` on ``device``."""
+    torch_dtype = _TORCH_DTYPES[dtype]
+    a = torch.randn(n, n, device=device).to(torch_dtype)
+    b = torch.randn(n, n, device=device).to(torch_dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first product warms caches and kernels up
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
+
+
+def count_flops(model: torch.nn.Module, clips: torch.Tensor) -> int:
+    """FLOPs of one ``model.restore(clips)`` call, counted by torch's FlopCounterMode."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.restore(clips)
+    return int(counter.get_total_flops())
+
+
+def build_bench_model(profile: str, task: str, size: int | None, attention: str | None, token_layout: str | None):
+    """A randomly initialised Stage II model of ``profile`` at input side ``size``."""
+    from stcvq.stage2 import Stage2Model, bench_config
+
+    config = bench_config(profile, task, size=size, attention=attention, token_layout=token_layout)
+    torch.manual_seed(0)
+    return Stage2Model(config).eval()
+
+
+def bench_enhance(
+    profile: str = "default",
+    task: str = "bfvr",
+    frames: int | None = None,
+    size: int | None = None,
+    attention: str | None = None,
+    token_layout: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    repeats: int = 1,
+) -> dict:
+    """Enhance a synthetic ``frames``-long clip through the streaming path; one JSON-ready dict."""
+    model = build_bench_model(profile, task, size, attention, token_layout)
+    size, length = model.size, model.clip_length
+    frames = frames or length
+    with torch.device("meta"):  # FLOPs of one window, without allocating anything
+        meta_model = build_bench_model(profile, task, size, attention, token_layout)
+    flops_per_window = count_flops(meta_model, torch.zeros(1, 3, length, size, size, device="meta"))
+    del meta_model
+
+    model = model.to(device)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    framing = WholeFrame(size, size, size)
+    config = StreamConfig(overlap=0, device=device, dtype=dtype)  # no overlap: FLOPs = windows x window
+
+    def run() -> int:
+        count = 0
+        synthetic = (np.roll(base, i, axis=1) for i in range(frames))  # a moving texture, generated lazily
+        for _ in restore_stream(synthetic, model, framing.to_model, framing.from_model, config):
+            count += 1
+        return count
+
+    if device.startswith("cuda"):
+        run()  # warm-up: kernel selection and allocation
+        torch.cuda.reset_peak_memory_stats()
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        start = time.perf_counter()
+        written = run()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    windows = -(-frames // length)
+    flops = flops_per_window * windows
+    gemm = gemm_flops_per_s(dtype, device)
+    result = {
+        "profile": profile,
+        "task": task,
+        "frames": written,
+        "size": size,
+        "clip_length": length,
+        "attention": model.config.stage1.attn_layout,
+        "token_layout": model.config.spatial.token_layout,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": best,
+        "frames_per_second": written / best,
+        "peak_rss_gib": peak_rss_gib(),
+        "flops": flops,
+        "achieved_flops_per_s": flops / best,
+        "gemm_flops_per_s": gemm,
+        "fraction_of_gemm": flops / best / gemm,
+        "dtype": dtype,
+        "device": device,
+        "threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda"):
+        result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 1024**3
+        result["gpu"] = torch.cuda.get_device_name()
+    return result
+
