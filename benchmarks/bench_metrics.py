@@ -7,8 +7,11 @@ and resized, as ground truth; the "output" is the same clip blurred with a littl
 brightness flicker. Faces: dlib HOG on the ground truth (upsample chosen by frame size), boxes
 reused by every identity metric. LPIPS uses RANDOM weights (the real ones cannot be fetched
 here; the cost does not depend on them; its value is not printed). FVD is timed as the Frechet distance of 400-d features
-(the I3D logit size) between two sets of 64 videos; the I3D forward is not timed (no weights).
+(the I3D logit size) between two sets of 64 videos, and the I3D forward per 24x224x224 clip
+with random weights; Flow-Score also with a random-weight RAFT-large (12 refinements).
 ``realtime_factor`` = clip duration at 24 fps / metric seconds, measured in the same run.
+Timings are medians of ``--repeats`` runs after a warm-up (RAFT: one cold run); on a shared
+machine they move with the load, so compare rows of the same run.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from stcvq.metrics import (
 )
 from stcvq.metrics.identity import detect_boxes
 from stcvq.metrics.lpips import LPIPS
-from stcvq.metrics.temporal import DISFlow, feature_statistics
+from stcvq.metrics.i3d import InceptionI3d
+from stcvq.metrics.raft import RAFT
+from stcvq.metrics.temporal import DISFlow, RAFTFlow, feature_statistics
 from stcvq.video import read_video
 
 
@@ -56,8 +61,9 @@ def degrade(clip: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-def timed(fn, repeats: int):
-    fn()  # warm-up (model loads, caches)
+def timed(fn, repeats: int, warmup: bool = True):
+    if warmup:
+        fn()  # model loads, caches
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -71,9 +77,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-raft", action="store_true", help="RAFT-large on CPU takes seconds per frame pair")
     args = parser.parse_args()
     torch.manual_seed(0)
     lpips_alex = LPIPS("alex")
+    # random-weight RAFT-large and I3D through the same classes the real weights load into
+    raft = RAFTFlow.from_module(RAFT(), "cpu", num_flow_updates=12)
+    i3d = InceptionI3d()
     report = {"device": device_description("cpu"), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "frames": args.frames, "results": {}}
     for size in args.sizes:
         truth = carphone_clip(args.frames, size)
@@ -93,9 +103,12 @@ def main() -> None:
             "face_cons_dlib": lambda: face_consistency(output, boxes=boxes),
             "identity_metrics_dlib": lambda: identity_metrics(output, truth, boxes=boxes),
         }
+        if not args.skip_raft:
+            metrics["flow_score_raft_random_weights"] = lambda: flow_score(output, raft)
         rows = {}
         for name, fn in metrics.items():
-            seconds, result = timed(fn, args.repeats)
+            slow = "raft" in name  # seconds per frame pair on CPU: one cold run only
+            seconds, result = timed(fn, 1 if slow else args.repeats, warmup=not slow)
             if isinstance(result, dict):  # identity_metrics: {"akd", "ids", "face_cons"}
                 value, result = None, None
             value = getattr(result, "value", None) if "random_weights" not in name else None
@@ -110,6 +123,13 @@ def main() -> None:
         separate = sum(rows[k]["seconds"] for k in ("akd", "ids_dlib", "face_cons_dlib"))
         rows["identity_metrics_dlib"]["speedup_vs_separate_calls"] = round(separate / rows["identity_metrics_dlib"]["seconds"], 2)
         report["results"][f"{size}x{size}"] = rows
+    def i3d_features():
+        x = torch.from_numpy(carphone_clip(args.frames, 224)).permute(3, 0, 1, 2).float().unsqueeze(0) / 127.5 - 1
+        with torch.inference_mode():
+            return i3d(x)
+
+    seconds, _ = timed(i3d_features, 1)
+    report["results"]["i3d_features_random_weights_24x224"] = {"seconds": round(seconds, 4), "note": "one FVD feature per video: read + resize + I3D forward"}
     rng = np.random.default_rng(0)
     stats = [feature_statistics(rng.normal(size=(64, 400)) + shift) for shift in (0.0, 0.1)]
     seconds, value = timed(lambda: frechet_distance(*stats[0], *stats[1]), args.repeats)

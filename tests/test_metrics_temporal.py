@@ -150,6 +150,8 @@ def test_raft_torchscript_loads_pads_and_crops(tmp_path):
     expected = model(a, b)[-1][:, :, :21, :30].permute(0, 2, 3, 1).detach().numpy()
     np.testing.assert_allclose(flows, expected, atol=1e-5)
     assert flow_score(video, backend).details["flow_backend"] == "raft"
+    wrapped = RAFTFlow.from_module(model)
+    np.testing.assert_allclose(wrapped(video[:-1], video[1:]), expected, atol=1e-5)
 
 
 def test_flow_backend_falls_back_to_dis_and_says_why(tmp_path):

@@ -107,6 +107,14 @@ class RAFTFlow:
             self.call_kwargs = {"num_flow_updates": num_flow_updates}
         self.batch_size = batch_size
 
+    @classmethod
+    def from_module(cls, model: torch.nn.Module, device: str | torch.device = "cpu", batch_size: int = 4, **call_kwargs) -> "RAFTFlow":
+        """Wrap an already built model (tests, benchmarks with random weights)."""
+        self = cls.__new__(cls)
+        self.device, self.path, self.format = torch.device(device), f"<{type(model).__name__}>", "module"
+        self.model, self.call_kwargs, self.batch_size = model.to(self.device), call_kwargs, batch_size
+        return self
+
     def _prep(self, frames: np.ndarray, pad_h: int, pad_w: int) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
