@@ -10,6 +10,7 @@ a finite float, or None with a reason (never 0 or NaN for "could not compute").
 * temporal: :func:`flow_score`, :func:`warping_error`, :func:`flicker_index`, :func:`fvd`
   (+ :func:`frechet_distance`, :func:`flow_backend`, :func:`load_i3d_or_reason`)
 * efficiency: :func:`time_clip`, :func:`device_description`
+* suite: :func:`load_models`, :func:`video_metrics`, :func:`aggregate`, :class:`FVDAccumulator`
 
 Identity metrics import dlib lazily through ``stcvq.faces``; importing this package does not.
 """
@@ -27,14 +28,16 @@ from stcvq.metrics.temporal import (
     flow_score,
     frechet_distance,
     fvd,
+    fvd_from_features,
     load_i3d_or_reason,
     warping_error,
 )
+from stcvq.metrics.suite import FVDAccumulator, MetricModels, aggregate, load_models, video_metrics
 from stcvq.metrics.identity import ArcFaceEmbedder, DlibEmbedder, akd, detect_boxes, embedder, face_consistency, identity_metrics, ids
 
 __all__ = [
     "ArcFaceEmbedder", "DISFlow", "DlibEmbedder", "I3DFeatures", "MetricResult", "RAFTFlow", "akd",
     "detect_boxes", "device_description", "embedder", "face_consistency", "feature_statistics", "flicker_index",
     "flow_backend", "flow_score", "frechet_distance", "fvd", "identity_metrics", "ids", "load_i3d_or_reason",
-    "load_lpips_or_reason", "lpips", "psnr", "ssim", "time_clip", "to_json", "warping_error",
+    "load_lpips_or_reason", "FVDAccumulator", "MetricModels", "aggregate", "load_models", "video_metrics", "fvd_from_features", "lpips", "psnr", "ssim", "time_clip", "to_json", "warping_error",
 ]

@@ -331,5 +331,17 @@ def fvd(
         check_video(v, f"generated video {i}")
     real = np.stack([extractor(v) for v in real_videos])
     fake = np.stack([extractor(v) for v in fake_videos])
+    return fvd_from_features(real, fake, i3d_format=getattr(extractor, "format", type(extractor).__name__))
+
+
+def fvd_from_features(real: np.ndarray, fake: np.ndarray, **details) -> MetricResult:
+    """FVD from per-video features (N, D), e.g. collected one video at a time by an evaluation
+    loop so that the videos themselves never have to be in memory together."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if len(real) < 2 or len(fake) < 2:
+        return MetricResult.missing(f"FVD needs at least 2 videos per set, got {len(real)} real and {len(fake)} generated")
+    if real.ndim != 2 or real.shape[1:] != fake.shape[1:]:
+        raise ValueError(f"feature shapes differ or are not (N, D): {real.shape} vs {fake.shape}")
     value = frechet_distance(*feature_statistics(real), *feature_statistics(fake))
-    return MetricResult(max(value, 0.0), details={"real_videos": len(real), "generated_videos": len(fake), "feature_dim": int(real.shape[1]), "i3d_format": getattr(extractor, "format", type(extractor).__name__)})
+    # rounding can take an exact 0 a hair below zero; a distance is never negative
+    return MetricResult(max(value, 0.0), details={"real_videos": len(real), "generated_videos": len(fake), "feature_dim": int(real.shape[1]), **details})
