@@ -1,0 +1,48 @@
+"""Shards as a :class:`stcvq.train.ClipSource`: the bridge between the loader and the training loop.
+
+The loop asks for "epoch e, rank r of w, micro-batches of b clips" and keeps count of the
+micro-batches it consumed; :class:`ShardClips` answers with a :class:`stcvq.shards.ClipDataset`
+built for exactly that request (seeded per epoch, disjoint across ranks, last partial batch
+dropped so every rank steps in lockstep), so resuming = asking again and skipping.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from torch.utils.data import DataLoader
+
+from .shards import ClipDataset, _identity
+
+
+class ShardClips:
+    """A deterministic ClipSource over shard indexes (or tars). ``lq`` picks the LQ member
+    ("lq", or "lq_noisefree" for the first step of incremental BFVR training)."""
+
+    def __init__(self, sources: str | Path | Sequence[str | Path], *, lq: str = "lq", seed: int = 0, num_workers: int = 0):
+        self.sources, self.lq, self.seed, self.num_workers = sources, lq, seed, num_workers
+        self.num_samples = len(ClipDataset(sources, lq=lq, shuffle=False, rank=0, world_size=1).refs)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def batches(self, epoch: int, rank: int, world_size: int, batch_size: int) -> Iterator[dict[str, Any]]:
+        dataset = ClipDataset(self.sources, batch_size=batch_size, lq=self.lq, seed=self.seed, epoch=epoch,
+                              rank=rank, world_size=world_size, drop_last=True)
+        if self.num_workers == 0:
+            yield from dataset
+        else:
+            yield from DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity)
+
+
+def shard_batches(sources: str | Path | Sequence[str | Path], *, batch_size: int = 4, lq: str = "lq") -> Callable[[], Iterable[dict[str, Any]]]:
+    """``val_batches`` for :func:`stcvq.train.train`: every clip once, in index order, each call."""
+
+    def batches() -> Iterable[dict[str, Any]]:
+        return ClipDataset(sources, batch_size=batch_size, lq=lq, shuffle=False, rank=0, world_size=1)
+
+    return batches
+
+
+__all__ = ["ShardClips", "shard_batches"]
