@@ -53,12 +53,6 @@ def to_json(results: Mapping[str, MetricResult]) -> dict[str, Any]:
     return {"values": values, "null_reasons": reasons, "details": details}
 
 
-def mean_or_missing(values: list[float], reason_if_empty: str, **details: Any) -> MetricResult:
-    if not values:
-        return MetricResult.missing(reason_if_empty, **details)
-    return MetricResult(float(np.mean(values)), None, dict(details))
-
-
 def check_video(video: np.ndarray, name: str = "video", min_frames: int = 1) -> np.ndarray:
     """A video is uint8 RGB (T, H, W, 3). Raise ValueError naming ``name`` otherwise."""
     if not isinstance(video, np.ndarray):
