@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from torch.utils.data import DataLoader
 
-from .shards import ClipDataset, _identity
+from .shards import ClipDataset, _identity, load_index
 
 
 class ShardClips:
@@ -36,6 +36,12 @@ class ShardClips:
             yield from DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity)
 
 
+def has_member(sources: str | Path | Sequence[str | Path], name: str) -> bool:
+    """Whether every sample of the shards carries member ``name`` (e.g. "lq_noisefree")."""
+    refs = load_index(sources)
+    return bool(refs) and all(any(ext.split(".")[0] == name for ext in r.members) for r in refs)
+
+
 def shard_batches(sources: str | Path | Sequence[str | Path], *, batch_size: int = 4, lq: str = "lq") -> Callable[[], Iterable[dict[str, Any]]]:
     """``val_batches`` for :func:`stcvq.train.train`: every clip once, in index order, each call."""
 
@@ -45,4 +51,4 @@ def shard_batches(sources: str | Path | Sequence[str | Path], *, batch_size: int
     return batches
 
 
-__all__ = ["ShardClips", "shard_batches"]
+__all__ = ["ShardClips", "has_member", "shard_batches"]

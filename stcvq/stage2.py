@@ -153,6 +153,24 @@ class Stage2Config:
             temporal=dataclasses.replace(self.temporal, interpolate_positions=enabled))
 
 
+@dataclass
+class Stage2Arch:
+    """The Stage II choices a params file sets (the rest comes from Stage I and the clips);
+    ``Stage2Config.build(stage1, task, clip_length=..., size=..., **to_dict(arch))``.
+    None: the paper's value for the task."""
+
+    width: int = 256
+    ffn: int = 512
+    layers: int | None = None
+    heads: int | None = None
+    token_layout: Literal["frame", "clip"] = "frame"
+    interpolate_positions: bool = False
+    dropout: float = 0.0
+    lambda_ce: float | None = None
+    code_weight: float = 10.0
+    residual_window: int | None = None
+
+
 # The Stage I model of the embedded default pipeline (params.yaml stage1 section); the Stage II
 # embedded default is built on it when no trained Stage I config is given.
 EMBEDDED_STAGE1 = Stage1Config.tiny()
@@ -336,6 +354,17 @@ def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == target).float().mean()
 
 
+def _degraded_frames(meta: Any, batch_size: int) -> list[list[int]]:
+    """Per clip, the frame indices the synthesis degraded (de-flicker shards record them)."""
+    if not isinstance(meta, list) or len(meta) != batch_size:
+        return []
+    out = []
+    for m in meta:
+        d = (m or {}).get("degradation") or {}
+        out.append([int(f) for f in d.get("flicker_frames", d.get("rerendered_frames", []))])
+    return out
+
+
 class Stage2Objective:
     """Loss of one micro-batch for :func:`stcvq.train.train`.
 
@@ -381,6 +410,7 @@ class Stage2Objective:
         hits = {"spatial": 0.0, "temporal": 0.0}
         targets: dict[str, list[torch.Tensor]] = {"spatial": [], "temporal": []}
         psnr_in, psnr_out, psnr_ceiling = [], [], []
+        degraded: dict[str, list[torch.Tensor]] = {"input": [], "output": []}  # flickered / re-rendered frames
         for batch in batches:
             hq, lq = batch["hq"].to(device), batch["lq"].to(device)
             q = self.targets(hq)
@@ -392,6 +422,12 @@ class Stage2Objective:
             psnr_out.append(psnr(out.float(), hq.float()).cpu())
             psnr_in.append(psnr(lq.float(), hq.float()).cpu())
             psnr_ceiling.append(psnr(self.target.decode(q.z_q, tuple(hq.shape[-3:])).float(), hq.float()).cpu())
+            for i, frames in enumerate(_degraded_frames(batch.get("meta"), hq.shape[0])):
+                for f in frames:
+                    if f < hq.shape[2]:
+                        sel = (slice(i, i + 1), slice(None), slice(f, f + 1))
+                        degraded["input"].append(psnr(lq[sel].float(), hq[sel].float()).cpu())
+                        degraded["output"].append(psnr(out[sel].float(), hq[sel].float()).cpu())
         if not psnr_out:
             raise ValueError("no validation clips")
         metrics: dict[str, float] = {}
@@ -402,6 +438,10 @@ class Stage2Objective:
             metrics[f"chance_{name}_majority"] = float(torch.bincount(tgt, minlength=n).max()) / tgt.numel()
         metrics.update(val_psnr_input=float(torch.cat(psnr_in).mean()), val_psnr_output=float(torch.cat(psnr_out).mean()),
                        val_psnr_stage1_hq=float(torch.cat(psnr_ceiling).mean()))
+        if degraded["input"]:  # de-flicker tasks: only some frames are degraded
+            metrics.update(val_psnr_input_degraded_frames=float(torch.cat(degraded["input"]).mean()),
+                           val_psnr_output_degraded_frames=float(torch.cat(degraded["output"]).mean()),
+                           val_degraded_frames=len(degraded["input"]))
         return metrics
 
     @torch.no_grad()
@@ -464,5 +504,5 @@ def train_stage2(
     return model.eval(), results
 
 
-__all__ = ["EMBEDDED_STAGE1", "MODEL_TYPE", "Stage2Config", "Stage2Model", "Stage2Objective", "Stage2Output",
+__all__ = ["EMBEDDED_STAGE1", "Stage2Arch", "MODEL_TYPE", "Stage2Config", "Stage2Model", "Stage2Objective", "Stage2Output",
            "Stage2TrainConfig", "TASKS", "bench_config", "default_config", "train_stage2"]
