@@ -354,6 +354,12 @@ def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == target).float().mean()
 
 
+def _brightness_error(clips: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per frame |mean(clip) - mean(reference)| on the 0..255 scale, (B*T,): what brightness
+    flicker changes, and what PSNR mixes with every other difference."""
+    return ((clips.float().mean(dim=(1, 3, 4)) - reference.float().mean(dim=(1, 3, 4))).abs() * 255).flatten().cpu()
+
+
 def _degraded_frames(meta: Any, batch_size: int) -> list[list[int]]:
     """Per clip, the frame indices the synthesis degraded (de-flicker shards record them)."""
     if not isinstance(meta, list) or len(meta) != batch_size:
@@ -403,14 +409,17 @@ class Stage2Objective:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
         """Index accuracy of both predictors against the Stage I targets of the HQ clips, chance
-        levels (uniform 1/N and the majority code's share), and PSNR to HQ of the LQ input, of
-        the Stage II output, and of Stage I's own reconstruction of HQ (the ceiling)."""
+        levels (uniform 1/N and the majority code's share), PSNR to HQ of the LQ input, of the
+        Stage II output, and of Stage I's own reconstruction of HQ (the ceiling: the output is
+        decoded by the same frozen decoder), per-frame brightness error (0..255) of input and
+        output, and for de-flicker shards the PSNRs on the degraded frames only."""
         model = model.module if hasattr(model, "module") else model
         device = next(model.parameters()).device
         hits = {"spatial": 0.0, "temporal": 0.0}
         targets: dict[str, list[torch.Tensor]] = {"spatial": [], "temporal": []}
         psnr_in, psnr_out, psnr_ceiling = [], [], []
         degraded: dict[str, list[torch.Tensor]] = {"input": [], "output": []}  # flickered / re-rendered frames
+        brightness: dict[str, list[torch.Tensor]] = {"input": [], "output": []}
         for batch in batches:
             hq, lq = batch["hq"].to(device), batch["lq"].to(device)
             q = self.targets(hq)
@@ -422,6 +431,8 @@ class Stage2Objective:
             psnr_out.append(psnr(out.float(), hq.float()).cpu())
             psnr_in.append(psnr(lq.float(), hq.float()).cpu())
             psnr_ceiling.append(psnr(self.target.decode(q.z_q, tuple(hq.shape[-3:])).float(), hq.float()).cpu())
+            brightness["input"].append(_brightness_error(lq, hq))
+            brightness["output"].append(_brightness_error(out, hq))
             for i, frames in enumerate(_degraded_frames(batch.get("meta"), hq.shape[0])):
                 for f in frames:
                     if f < hq.shape[2]:
@@ -438,6 +449,8 @@ class Stage2Objective:
             metrics[f"chance_{name}_majority"] = float(torch.bincount(tgt, minlength=n).max()) / tgt.numel()
         metrics.update(val_psnr_input=float(torch.cat(psnr_in).mean()), val_psnr_output=float(torch.cat(psnr_out).mean()),
                        val_psnr_stage1_hq=float(torch.cat(psnr_ceiling).mean()))
+        metrics.update(val_brightness_error_input=float(torch.cat(brightness["input"]).mean()),
+                       val_brightness_error_output=float(torch.cat(brightness["output"]).mean()))
         if degraded["input"]:  # de-flicker tasks: only some frames are degraded
             metrics.update(val_psnr_input_degraded_frames=float(torch.cat(degraded["input"]).mean()),
                            val_psnr_output_degraded_frames=float(torch.cat(degraded["output"]).mean()),
