@@ -18,6 +18,17 @@ and z_q from the frozen Stage I model on the HQ clip.
 included; the HQ encoder is not needed for inference and is not stored) that
 ``Stage2Model.from_pretrained`` loads; ``Stage2Model(config)`` is a randomly initialised model
 (what ``stcvq bench enhance`` measures). The model is a :class:`stcvq.enhance.ClipRestorer`.
+
+Resolution. The transformers' position tables are sized for the latent grid of the training
+clips (``Stage2Config.latent_grid``); another input size is a ValueError unless the model is
+loaded with ``interpolate_positions=True``, which resizes the spatial tables bicubically.
+Measured cost (``python benchmarks/bench_stage2_positions.py deflicker 64 48 96 32 128``,
+embedded default trained at 64^2, frame layout, val clips resized; targets from Stage I at the
+same size): index accuracy spatial/temporal 0.691/0.596 at 64; 0.705/0.638 at 48 and
+0.669/0.551 at 96 (x0.75, x1.5: within about 5 points); 0.616/0.541 at 32 and 0.634/0.514 at
+128 (x0.5, x2: 6-8 points lower). Output PSNR stays within 0.1 dB of Stage I's own
+reconstruction at 48-128 but 0.6 dB below it at 32. Resize inputs to the trained size where
+possible (``stcvq enhance`` does); interpolate for moderate changes only.
 """
 
 from __future__ import annotations
