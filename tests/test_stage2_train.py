@@ -85,3 +85,39 @@ def test_phase_two_starts_from_phase_one_weights(tmp_path):
     assert (a - b).abs().max() < 0.05
     fresh = Stage2Model(model.config).spatial_transformer.head.weight
     assert (fresh - b).abs().max() > 0.05
+
+
+def test_two_process_gloo_ddp_matches_single_process(tmp_path):
+    """Both phases under torchrun-style DDP (2 processes x 2 clips) = one process x 4 clips."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).resolve().parent / "stage2_train_worker.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(worker), str(tmp_path / "single")], cwd=worker.parent.parent,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = [subprocess.Popen([sys.executable, str(worker), str(tmp_path / "ddp")], cwd=worker.parent.parent,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    a = Stage2Model.from_pretrained(tmp_path / "single" / "model").state_dict()
+    b = Stage2Model.from_pretrained(tmp_path / "ddp" / "model").state_dict()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 2e-5, worst
+    print("max |single - ddp| weight difference:", worst)
+    torch.manual_seed(0)  # the worker's initialisation
+    stage1 = Stage1Model(Stage1Config.tiny())
+    torch.manual_seed(0)
+    init = Stage2Model.from_stage1(stage1, Stage2Config.tiny()).state_dict()
+    moved = max((a[k] - init[k]).abs().max().item() for k in a)
+    assert moved > 1e-3, moved  # and it did train
