@@ -22,7 +22,7 @@ from stcvq.config import from_dict, to_dict
 from stcvq.data import ShardClips, has_member, shard_batches
 from stcvq.io import write_json
 from stcvq.nn.vqgan import Stage1Model
-from stcvq.stage2 import TASKS, Stage2Arch, Stage2Config, Stage2TrainConfig, train_stage2
+from stcvq.stage2 import TASKS, Stage2Arch, Stage2Config, Stage2Objective, Stage2TrainConfig, train_stage2
 from stcvq.train import TrainConfig
 
 
@@ -65,7 +65,10 @@ def main(task: str) -> None:
         if source.is_dir():
             shutil.copytree(source, plots / name)
 
-    final = dict(results[-1].history[-1]) if results[-1].history else {}
+    # evaluated here rather than taken from the run's history, so a resumed (finished) run still
+    # reports what the current code measures
+    final = Stage2Objective(model, stage1).evaluate(model, shard_batches(val_index, batch_size=train_cfg.batch_size)())
+    final["step"] = results[-1].step
     metrics = {**final, "task": task, "schedule": cfg.schedule,
                "phases": [{"name": n, "lq": lq, "steps": s} for n, lq, s in cfg.phases(noisefree)],
                "train_seconds_this_run": round(seconds, 1),
