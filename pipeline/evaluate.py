@@ -1,0 +1,55 @@
+"""DVC stage `evaluate@<task>`: score the task's Stage II model on its test split.
+
+Usage: python -m pipeline.evaluate {bfvr|deflicker|deflicker-pixel}
+Reads params evaluate, models/stage2-<task>/ and data/shards/<task>/test-<task>.json. Writes
+  metrics/<task>.json                          input / output metrics, null_reasons, efficiency
+  plots/evaluate-<task>/temporal_profile.png   first test clip: input | output | ground truth
+  plots/evaluate-<task>/frames.png             first test clip: rows input / output / ground truth
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.common import load_params, setup_logging
+from stcvq.config import from_dict
+from stcvq.evaluate import EvaluateConfig, evaluate_task, frame_grid, profile_comparison, restore_clip, to_uint8_video, write_png
+from stcvq.io import write_json
+from stcvq.metrics import load_models
+from stcvq.shards import ClipDataset
+from stcvq.stage2 import TASKS, Stage2Model
+
+
+def main(task: str) -> None:
+    log = setup_logging(f"evaluate@{task}")
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}; known: {list(TASKS)}")
+    cfg = from_dict(EvaluateConfig, load_params("evaluate")["evaluate"], where="params.yaml:evaluate")
+    model = Stage2Model.from_pretrained(Path("models") / f"stage2-{task}", map_location=cfg.device).eval()
+    metric_models = load_models(lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net, raft_weights=cfg.raft_weights,
+                                arcface_weights=cfg.arcface_weights, i3d_weights=cfg.i3d_weights, device=cfg.device)
+    test_index = Path("data/shards") / task / f"test-{task}.json"
+    samples = ClipDataset(test_index, batch_size=None, shuffle=False, on_error="skip")
+
+    report = evaluate_task(model, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces, device=cfg.device)
+    report["skipped"] += [{"key": key, "error": "unreadable sample"} for key in samples.skipped]
+    write_json(Path("metrics") / f"{task}.json", report)
+
+    first = next(iter(samples))
+    restored, _ = restore_clip(model, first["lq"], cfg.device)
+    videos = [to_uint8_video(first["lq"]), to_uint8_video(restored), to_uint8_video(first["hq"])]
+    plots = Path("plots") / f"evaluate-{task}"
+    write_png(plots / "temporal_profile.png", profile_comparison(videos, cfg.profile_column))
+    write_png(plots / "frames.png", frame_grid(videos, cfg.grid_frames))
+    log.info("wrote metrics/%s.json and %s; input vs output: %s", task, plots,
+             {k: (report["input"].get(k), report["output"].get(k)) for k in ("psnr", "ssim", "ids", "flicker_index", "warping_error")})
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    main(sys.argv[1])
