@@ -212,6 +212,9 @@ def test_text_rule_uses_score_threshold_and_box_size(monkeypatch, tmp_path):
     assert out["keep"] and out["text_score"] == pytest.approx(0.6) and out["text_boxes"] == 0
     out = run([(whole, 0.95)])  # too large to be a text line
     assert out["keep"] and out["text_score"] == 0.0
+    config = TextConfig(score_threshold=0.7, sample_frames=2, enabled=False)  # filter ablation
+    out = run([(line, 0.8)])
+    assert out["keep"] and out["text_boxes"] == 2, "a disabled filter still measures, drops nothing"
 
 
 def test_paddleocr_backend_says_how_to_install_it():

@@ -54,6 +54,7 @@ class OrientationConfig:
     max_side_fraction: float = 0.2  # a video is side-face when more of its frames are
     sample_frames: int = 16  # face-track frames measured at most
     roll_correction: bool = True  # measure along the eye axis; False = the paper's image-x formula
+    enabled: bool = True  # False: measure and record, drop nothing (data-filter ablation)
 
     def __post_init__(self) -> None:
         check(0 < self.min_side_ratio < 1 < self.max_side_ratio, "orientation: need 0 < min_side_ratio < 1 < max_side_ratio")
@@ -144,7 +145,7 @@ def measure_orientation(row: Row, config: OrientationConfig) -> Row:
         "side_ratio_max": float(min(np.max(ratios), 1e6)),
         "side_fraction": fraction,
     })
-    if fraction > config.max_side_fraction:
+    if fraction > config.max_side_fraction and config.enabled:
         return drop(row, "side_face", STAGE)
     return row
 

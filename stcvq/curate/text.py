@@ -52,6 +52,7 @@ class TextConfig:
     score_threshold: float = 0.7  # carphone caption: 0.68-0.85; text-free frames: none above 0.62 after the size filter
     limit_side_len: int = 512
     max_box_fraction: float = 0.5  # larger "text" boxes are not text lines
+    enabled: bool = True  # False: measure and record, drop nothing (data-filter ablation)
 
     def __post_init__(self) -> None:
         check(self.sample_frames >= 1, "text.sample_frames must be >= 1")
@@ -144,7 +145,7 @@ def measure_text(row: Row, config: TextConfig) -> Row:
     scores = [s for f in frames for s in text_boxes(detector, f, config)]
     above = [s for s in scores if s >= config.score_threshold]
     row = update(row, {"text_frames": len(indices), "text_score": max(scores, default=0.0), "text_boxes": len(above)})
-    if above:
+    if above and config.enabled:
         return drop(row, "text", STAGE)
     return row
 
