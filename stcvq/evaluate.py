@@ -33,6 +33,8 @@ from stcvq.metrics import FVDAccumulator, MetricModels, MetricResult, aggregate,
 log = logging.getLogger(__name__)
 
 SIDES = ("input", "output")
+# no-reference temporal metrics: the ground truth's own value is what a perfect output would score
+TEMPORAL = ("flow_score", "warping_error", "flicker_index")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,13 +118,15 @@ def evaluate_task(
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Score input (LQ vs HQ) and output (restored vs HQ) of every test clip; mean per metric.
+    ``ground_truth`` holds the HQ clips' own temporal metrics (flicker index, warping error, flow
+    score): the value a perfect output reaches, to read the other two against.
 
     ``samples`` yields ``{"hq", "lq": (3, T, H, W) float in [0, 1], "meta": dict}`` (a
     ``ClipDataset(..., batch_size=None, shuffle=False)``). A clip that cannot be restored or
     scored is recorded in ``skipped`` with its error and left out; the rest still count.
     """
     per_clip: list[dict[str, Any]] = []
-    scores: dict[str, list[dict[str, MetricResult]]] = {side: [] for side in SIDES}
+    scores: dict[str, list[dict[str, MetricResult]]] = {side: [] for side in (*SIDES, "ground_truth")}
     fvd = {side: FVDAccumulator(models_for_metrics) for side in SIDES}
     seconds, frames, skipped = [], [], []
     for index, sample in enumerate(tqdm(samples, desc=f"evaluate {task}", unit="clip", total=max_clips)):
@@ -134,6 +138,8 @@ def evaluate_task(
             hq, lq, restored = to_uint8_video(sample["hq"]), to_uint8_video(sample["lq"]), to_uint8_video(out)
             clip_scores = {"input": video_metrics(lq, hq, models_for_metrics, faces=faces),
                            "output": video_metrics(restored, hq, models_for_metrics, faces=faces)}
+            truth = video_metrics(hq, hq, models_for_metrics, faces=False)
+            clip_scores["ground_truth"] = {name: truth[name] for name in TEMPORAL}
             fvd["input"].add(hq, lq)
             fvd["output"].add(hq, restored)
         except ValueError as err:
@@ -142,16 +148,17 @@ def evaluate_task(
             continue
         seconds.append(took)
         frames.append(int(hq.shape[0]))
-        for side in SIDES:
+        for side in scores:
             scores[side].append(clip_scores[side])
-        per_clip.append({"key": key, **{side: {n: r.value for n, r in clip_scores[side].items()} for side in SIDES}})
+        per_clip.append({"key": key, **{side: {n: r.value for n, r in clip_scores[side].items()} for side in scores}})
 
     report: dict[str, Any] = {"task": task, "clips": len(per_clip)}
     reasons: dict[str, dict[str, str]] = {}
     details: dict[str, dict[str, Any]] = {}
-    for side in SIDES:
+    for side in scores:
         summary = aggregate(scores[side]) if scores[side] else {}
-        summary["fvd"] = fvd[side].result()
+        if side in fvd:
+            summary["fvd"] = fvd[side].result()
         report[side] = {name: r.value for name, r in summary.items()}
         reasons[side] = {name: r.reason for name, r in summary.items() if r.value is None}
         details[side] = {name: r.details for name, r in summary.items() if r.details}

@@ -62,7 +62,7 @@ def _samples(carphone, count: int = 2, frames: int = 8, size: int = 32, degrade:
 def _check_report(report: dict) -> None:
     json.dumps(report, allow_nan=False)
     assert set(report["input"]) == set(report["output"])
-    for side in ("input", "output"):
+    for side in ("input", "output", "ground_truth"):
         for name, value in report[side].items():
             if value is None:
                 assert report["null_reasons"][side][name], f"{side}.{name} is null without a reason"
@@ -92,6 +92,9 @@ def test_clean_input_gives_the_ideal_scores(carphone, metric_models):
     assert report["output"]["psnr"] == PSNR_CAP_DB
     assert report["output"]["ssim"] == pytest.approx(1.0)
     assert report["output"]["flicker_index"] == gt["input"]["flicker_index"]
+    assert report["ground_truth"]["flicker_index"] == gt["input"]["flicker_index"]
+    assert report["ground_truth"]["warping_error"] == report["output"]["warping_error"]
+    assert set(report["ground_truth"]) == {"flow_score", "warping_error", "flicker_index"}
     flickered = evaluate_task(Identity(), _samples(carphone), metric_models, task="bfvr", faces=False)
     assert flickered["input"]["flicker_index"] > 2 * report["output"]["flicker_index"]
 
