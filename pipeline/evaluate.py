@@ -3,8 +3,8 @@
 Usage: python -m pipeline.evaluate {bfvr|deflicker|deflicker-pixel}
 Reads params evaluate, models/stage2-<task>/ and data/shards/<task>/test-<task>.json. Writes
   metrics/<task>.json                          input / output metrics, null_reasons, efficiency
-  plots/evaluate-<task>/temporal_profile.png   first test clip: input | output | ground truth
-  plots/evaluate-<task>/frames.png             first test clip: rows input / output / ground truth
+  plots/evaluate-<task>/temporal_profile.png   most degraded test clip: input | output | ground truth
+  plots/evaluate-<task>/frames.png             the same clip: rows input / output / ground truth
 """
 
 from __future__ import annotations
@@ -38,13 +38,18 @@ def main(task: str) -> None:
     report["skipped"] += [{"key": key, "error": "unreadable sample"} for key in samples.skipped]
     write_json(Path("metrics") / f"{task}.json", report)
 
-    first = next(iter(samples))
-    restored, _ = restore_clip(model, first["lq"], cfg.device)
-    videos = [to_uint8_video(first["lq"]), to_uint8_video(restored), to_uint8_video(first["hq"])]
+    # plot the most degraded clip (lowest input PSNR): a clean clip shows nothing to restore
+    scored = [c for c in report["per_clip"] if c["input"].get("psnr") is not None] or report["per_clip"]
+    if not scored:
+        raise SystemExit(f"{test_index}: no test clip could be scored: {report['skipped']}")
+    worst = min(scored, key=lambda c: c["input"].get("psnr") or 0.0)["key"]
+    clip = next(s for s in samples if s["meta"].get("key") == worst)
+    restored, _ = restore_clip(model, clip["lq"], cfg.device)
+    videos = [to_uint8_video(clip["lq"]), to_uint8_video(restored), to_uint8_video(clip["hq"])]
     plots = Path("plots") / f"evaluate-{task}"
     write_png(plots / "temporal_profile.png", profile_comparison(videos, cfg.profile_column))
     write_png(plots / "frames.png", frame_grid(videos, cfg.grid_frames))
-    log.info("wrote metrics/%s.json and %s; input vs output: %s", task, plots,
+    log.info("wrote metrics/%s.json and %s (clip %s); input vs output: %s", task, plots, worst,
              {k: (report["input"].get(k), report["output"].get(k)) for k in ("psnr", "ssim", "ids", "flicker_index", "warping_error")})
 
 

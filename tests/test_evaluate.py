@@ -163,3 +163,28 @@ def test_config_and_video_conversion():
     clip = torch.rand(3, 2, 5, 7)
     video = to_uint8_video(clip)
     assert video.shape == (2, 5, 7, 3) and video[1, 4, 6, 2] == round(float(clip[2, 1, 4, 6]) * 255)
+
+
+def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
+    """pipeline.evaluate end to end on a tiny saved Stage II model and a two-clip test shard."""
+    import pipeline.evaluate as stage
+    from stcvq.shards import ShardConfig, ShardWriter, encode_frames
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    Stage2Model(Stage2Config.tiny()).save_pretrained(tmp_path / "models" / "stage2-bfvr")
+    with ShardWriter(tmp_path / "data" / "shards" / "bfvr", "test", "bfvr", ShardConfig(frame_codec="ffv1")) as writer:
+        for sample in _samples(carphone, count=2, frames=4, size=16):
+            writer.write(sample["meta"]["key"], {"hq.mkv": encode_frames(to_uint8_video(sample["hq"])),
+                                                 "lq.mkv": encode_frames(to_uint8_video(sample["lq"])), "json": b"{}"})
+    monkeypatch.setattr(stage, "load_params", lambda *sections: {"evaluate": {"faces": False, "max_clips": 2}})
+    stage.main("bfvr")
+    report = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
+    _check_report(report)
+    assert report["task"] == "bfvr" and report["clips"] == 2
+    profile = cv2.imread(str(tmp_path / "plots" / "evaluate-bfvr" / "temporal_profile.png"))
+    frames = cv2.imread(str(tmp_path / "plots" / "evaluate-bfvr" / "frames.png"))
+    assert profile.shape == (16, 3 * 4 * 4 + 2 * 2, 3)  # input | output | GT, 4 frames x 4 px each
+    assert frames.shape == (3 * 16 + 2 * 2, 4 * 16 + 3 * 2, 3)
+    with pytest.raises(SystemExit, match="unknown task"):
+        stage.main("denoise")
