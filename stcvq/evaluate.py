@@ -129,7 +129,10 @@ def evaluate_task(
     scores: dict[str, list[dict[str, MetricResult]]] = {side: [] for side in (*SIDES, "ground_truth")}
     fvd = {side: FVDAccumulator(models_for_metrics) for side in SIDES}
     seconds, frames, skipped = [], [], []
-    for index, sample in enumerate(tqdm(samples, desc=f"evaluate {task}", unit="clip", total=max_clips)):
+    total = len(samples) if hasattr(samples, "__len__") else None
+    if max_clips is not None:
+        total = min(total, max_clips) if total is not None else max_clips
+    for index, sample in enumerate(tqdm(samples, desc=f"evaluate {task}", unit="clip", total=total)):
         if max_clips is not None and index >= max_clips:
             break
         key = str((sample.get("meta") or {}).get("key", f"clip-{index}"))
