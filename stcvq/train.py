@@ -24,6 +24,7 @@ so the source must be deterministic per (epoch, rank, world_size, batch size).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import json
@@ -145,6 +146,11 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _setup_distributed() -> tuple[bool, torch.device]:
     """Join the torchrun process group if the environment asks for one; pick the device."""
     created = False
@@ -152,6 +158,7 @@ def _setup_distributed() -> tuple[bool, torch.device]:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        atexit.register(_destroy_group)
         created = True
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -341,7 +348,7 @@ def train(
     ``on_step_end(step)`` runs after each completed step (and its checkpoint): tests use it to
     kill the process mid-run."""
     out_dir = Path(out_dir)
-    created_group, device = _setup_distributed()
+    _, device = _setup_distributed()
     rank, world = _rank(), _world()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -549,8 +556,9 @@ def train(
     if progress is not None:
         progress.close()
     logger.close()
-    if created_group:
-        dist.destroy_process_group()
+    # The group stays up until the process exits (atexit, see _setup_distributed): a second
+    # train() call in the same process (Stage II's incremental phases) re-rendezvousing on the
+    # same MASTER_PORT right after a destroy could hang in init_process_group.
     return TrainResult(model, ema.model if ema is not None else None, step, history, bad_steps, disc)
 
 
