@@ -10,6 +10,7 @@ Reads params stage1 (shards task, model, loss, train) and data/shards/<task>/{tr
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +33,9 @@ def main() -> None:
     run_dir = Path("runs") / "stage1"
     started = time.time()
     val = shard_batches(val_index, batch_size=cfg.train.batch_size)
-    result = train_stage1(cfg, ShardClips(train_index, seed=cfg.train.seed), run_dir, val_batches=val)
+    data_fingerprint = hashlib.sha256(train_index.read_bytes()).hexdigest()  # the index lists every shard's CRC
+    result = train_stage1(cfg, ShardClips(train_index, seed=cfg.train.seed), run_dir, val_batches=val,
+                          data_fingerprint=data_fingerprint)
     seconds = time.time() - started
 
     out = Path("models") / "stage1"

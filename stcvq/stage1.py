@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import check
+from .config import check, to_dict
 from .nn.discriminator import build_discriminator
 from .nn.losses import build_perceptual_loss
 from .nn.quantize import codebook_stats
 from .nn.vqgan import Stage1Config, Stage1Model
-from .train import ClipSource, StepOutput, TrainConfig, TrainResult, train
+from .train import ClipSource, StepOutput, TrainConfig, TrainResult, reset_stale_run, train
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,14 @@ def train_stage1(
     data: ClipSource,
     out_dir: str | Path,
     val_batches: Callable[[], Iterable[dict[str, Any]]] | None = None,
+    data_fingerprint: str | None = None,
     **train_kwargs,
 ) -> TrainResult:
-    """Train Stage I; the exported model (EMA weights) lands in ``out_dir/model``."""
+    """Train Stage I; the exported model (EMA weights) lands in ``out_dir/model``.
+
+    A run folder left by another config or ``data_fingerprint`` is wiped first, so an ablation
+    never resumes the previous run's checkpoints."""
+    reset_stale_run(out_dir, {"config": to_dict(cfg), "data": data_fingerprint})
     torch.manual_seed(cfg.train.seed)  # same initial weights on every process
     model = Stage1Model(cfg.model)
     objective = Stage1Objective(model, cfg.loss, cfg.train.num_samples)

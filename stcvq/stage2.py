@@ -39,8 +39,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
@@ -57,7 +55,7 @@ from .nn.lookup import LookupConfig, LookupTransformer
 from .nn.temporal import temporal_residual
 from .nn.vqgan import Stage1Config, Stage1Model
 from .stage1 import clip_grid, psnr
-from .train import ClipSource, StepOutput, TrainConfig, TrainResult, train
+from .train import ClipSource, StepOutput, TrainConfig, TrainResult, reset_stale_run, train
 
 log = logging.getLogger(__name__)
 
@@ -505,13 +503,7 @@ def train_stage2(
     out_dir = Path(out_dir)
     phases = cfg.phases(has_noisefree)
     fingerprint = _fingerprint(cfg, stage1, phases)
-    run_file = out_dir / "run.json"
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    if rank0 and run_file.is_file() and json.loads(run_file.read_text()) != fingerprint:
-        log.info("%s: config or Stage I model changed since the last run, starting over", out_dir)
-        shutil.rmtree(out_dir)
-    if rank0:
-        write_json(run_file, fingerprint)
+    reset_stale_run(out_dir, fingerprint)
     torch.manual_seed(cfg.train.seed)  # same initial weights on every process
     model = Stage2Model.from_stage1(stage1, cfg.model)
     objective = Stage2Objective(model, stage1, cfg.train.num_samples)

@@ -230,6 +230,22 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def reset_stale_run(out_dir: str | Path, fingerprint: dict[str, Any]) -> None:
+    """Wipe ``out_dir`` when it holds a run of another config or data, then record ``fingerprint``.
+
+    Checkpoints persist between `dvc repro` runs so a killed run resumes; without this check a
+    changed config (an ablation) would resume, or silently return, the old run's weights."""
+    out_dir = Path(out_dir)
+    run_file = out_dir / "run.json"
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 owns the run folder
+        return
+    if run_file.is_file() and json.loads(run_file.read_text()) != fingerprint:
+        log.info("%s: config or inputs changed since the last run, starting over", out_dir)
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -144,3 +144,28 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path):
     init = Stage1Model(cfg.model).state_dict()
     moved = max((a[k] - init[k]).abs().max().item() for k in a)
     assert moved > 1e-3, moved
+
+
+def test_changed_config_starts_over_instead_of_resuming(tmp_path):
+    """An ablation (another regulariser) must not resume the previous run's finished checkpoints."""
+    from stcvq.nn.vqgan import Stage1Config
+    from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
+
+    def run(regularizer):
+        cfg = Stage1TrainConfig(
+            model=Stage1Config.tiny(regularizer=regularizer),
+            loss=Stage1LossConfig(perceptual_weight=0.0, discriminator=None),
+            train=TrainConfig(steps=2, batch_size=2, eval_every=1, ckpt_every=1, ema_decay=0.0, log_every=1),
+        )
+        clips = torch.rand(4, 3, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+        return train_stage1(cfg, TensorClips(clips), tmp_path, val_batches=lambda: [{"hq": clips[:2]}])
+
+    def weights(result):
+        return torch.cat([p.detach().flatten() for p in result.model.parameters()])
+
+    first = weights(run("mpr"))
+    again = weights(run("mpr"))  # same config: resumes the finished run, trains nothing
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    other = weights(run("none"))  # another config: must start over, not load the mpr run
+    assert not torch.equal(other, first)
+    assert '"none"' in (tmp_path / "run.json").read_text()
