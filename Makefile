@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stcvq-installed
 # dvc.yaml runs `python -m pipeline.<stage>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env repro test bench paper clean-env
+.PHONY: env repro test clean-env
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,6 @@ repro: env
 
 test: env
 	$(BIN)/python -m pytest -q
-
-bench: env
-	$(BIN)/python benchmarks/run_all.py
 
 clean-env:
 	rm -rf $(VENV)
