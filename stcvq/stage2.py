@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -46,11 +45,10 @@ from typing import Any, Callable, Iterable, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import check, from_dict, to_dict
-from .io import atomic_path, write_json
+from .nn.export import load_model_weights, read_model_config, save_model_folder
 from .nn.lookup import LookupConfig, LookupTransformer
 from .nn.temporal import temporal_residual
 from .nn.vqgan import Stage1Config, Stage1Model
@@ -304,34 +302,19 @@ class Stage2Model(nn.Module):
     # -- export -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         """``model.safetensors`` (every weight inference needs) + ``config.json``, atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"model_type": MODEL_TYPE})
-        write_json(directory / "config.json", {"model_type": MODEL_TYPE, **to_dict(self.config)})
+        save_model_folder(directory, self, MODEL_TYPE, to_dict(self.config))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu",
                         interpolate_positions: bool | None = None) -> "Stage2Model":
         """Load a folder written by ``save_pretrained``; ``interpolate_positions`` overrides the
         stored setting (True: accept other resolutions by resizing the position tables)."""
-        directory = Path(directory)
-        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-        for p in (config_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: missing (a Stage II model folder holds config.json and model.safetensors)")
-        raw = json.loads(config_path.read_text())
-        if raw.pop("model_type", None) != MODEL_TYPE:
-            raise ValueError(f"{config_path}: not a {MODEL_TYPE} config")
+        raw, config_path = read_model_config(directory, MODEL_TYPE)
         config = from_dict(Stage2Config, raw, where=str(config_path))
         if interpolate_positions is not None:
             config = config.with_interpolated_positions(interpolate_positions)
         model = cls(config)
-        try:
-            model.load_state_dict(load_file(str(weights_path), device=str(map_location)))
-        except RuntimeError as err:
-            raise ValueError(f"{weights_path}: weights do not match {config_path}: {err}") from None
+        load_model_weights(directory, model, map_location)
         return model.eval()
 
 

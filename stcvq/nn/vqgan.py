@@ -11,18 +11,16 @@ encode / quantize / lookup / decode are separate so Stage II can reuse the froze
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import check, from_dict, to_dict
-from ..io import atomic_path, write_json
 from .autoencoder import Decoder3d, Encoder3d, crop_clip, pad_clip
+from .export import load_model_weights, read_model_config, save_model_folder
 from .quantize import VectorQuantizer
 from .temporal import Fusion, TemporalLatent
 
@@ -153,23 +151,11 @@ class Stage1Model(nn.Module):
     # -- export -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         """``model.safetensors`` (all weights) + ``config.json``, each written atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"model_type": MODEL_TYPE})
-        write_json(directory / "config.json", {"model_type": MODEL_TYPE, **to_dict(self.config)})
+        save_model_folder(directory, self, MODEL_TYPE, to_dict(self.config))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Stage1Model":
-        directory = Path(directory)
-        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-        for p in (config_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"{p}: missing (a Stage I model folder holds config.json and model.safetensors)")
-        raw = json.loads(config_path.read_text())
-        if raw.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"{config_path}: not a {MODEL_TYPE} config")
+        raw, config_path = read_model_config(directory, MODEL_TYPE)
         model = cls(from_dict(Stage1Config, raw, where=str(config_path)))
-        model.load_state_dict(load_file(str(weights_path), device=str(map_location)))
+        load_model_weights(directory, model, map_location)
         return model
