@@ -65,10 +65,11 @@ def test_quantizer_nearest_code_straight_through_and_loss():
     assert torch.equal(z.grad, torch.arange(6.0).view(1, 2, 1, 1, 3))  # STE: identity gradient
 
 
-def test_mpr_matches_hand_computation():
+@pytest.mark.parametrize("power", [1.0, 4.0])
+def test_mpr_matches_hand_computation(power):
     torch.manual_seed(1)
     n_codes, dim, eps = 5, 3, 1e-6
-    vq = VectorQuantizer(n_codes, dim, regularizer="mpr", reg_eps=eps)
+    vq = VectorQuantizer(n_codes, dim, regularizer="mpr", reg_eps=eps, reg_power=power)
     with torch.no_grad():
         vq.codebook.weight.normal_()
     z = torch.randn(2, dim, 2, 1, 3)
@@ -76,13 +77,28 @@ def test_mpr_matches_hand_computation():
     tokens = z.permute(0, 2, 3, 4, 1).reshape(-1, dim).tolist()
     codes = vq.codebook.weight.tolist()
     marginal = [0.0] * n_codes
-    for tok in tokens:  # Eq. 6 by hand: s = row-normalised 1 / Euclidean distance
-        inv = [1.0 / (math.sqrt(sum((a - b) ** 2 for a, b in zip(tok, c)) + eps) + eps) for c in codes]
+    for tok in tokens:  # Eq. 6 by hand: s = row-normalised 1 / Euclidean distance (** power)
+        inv = [1.0 / (math.sqrt(sum((a - b) ** 2 for a, b in zip(tok, c)) + eps) + eps) ** power for c in codes]
         for n in range(n_codes):
             marginal[n] += inv[n] / sum(inv) / len(tokens)
     kl = sum(p * math.log(p * n_codes) for p in marginal)
     assert reg == pytest.approx(kl, rel=1e-4, abs=1e-9)
     assert kl > 0
+
+
+def test_mpr_power_sharpens_towards_argmin_usage():
+    """Collapsed usage (every token nearest code 0): Eq. 6's flat similarities hide the collapse,
+    a larger power exposes it (KL towards log N, the one-hot value)."""
+    torch.manual_seed(0)
+    codes = torch.randn(64, 4)
+    z = (codes[0] + 0.05 * torch.randn(200, 4)).t().reshape(1, 4, 1, 1, 200)
+    kl = {}
+    for power in (1.0, 8.0):
+        vq = VectorQuantizer(64, 4, regularizer="mpr", reg_power=power)
+        with torch.no_grad():
+            vq.codebook.weight.copy_(codes)
+        kl[power] = vq.quantize(z).terms["reg"].item()
+    assert kl[8.0] > 0.5 * math.log(64) > kl[1.0]
 
 
 def test_pdr_is_kl_of_one_hot_usage():

@@ -44,6 +44,7 @@ class Stage1Config:
     regularizer: Literal["none", "pdr", "mpr"] = "mpr"
     reg_weight: float = 1.0
     reg_eps: float = 1e-6
+    reg_power: float = 1.0  # exponent on 1/D in the similarity (1 = Eq. 6 as printed; see quantize.py)
     residual_window: int = 1
     ta_heads: int = 1
     fusion: Literal["add", "conv", "fft3d"] = "add"
@@ -57,7 +58,8 @@ class Stage1Config:
               "latent_dim must be divisible by attn_heads and ta_heads")
         check(self.nf * self.ch_mult[-1] % self.attn_heads == 0, "lowest-level width must be divisible by attn_heads")
         check(self.num_codes_spatial >= 2 and self.num_codes_temporal >= 2, "codebooks need >= 2 codes")
-        check(self.beta >= 0 and self.reg_weight >= 0 and self.reg_eps > 0, "beta, reg_weight >= 0; reg_eps > 0")
+        check(self.beta >= 0 and self.reg_weight >= 0 and self.reg_eps > 0 and self.reg_power > 0,
+              "beta, reg_weight >= 0; reg_eps, reg_power > 0")
         check(self.residual_window >= 1, "residual_window must be >= 1")
 
     @property
@@ -106,7 +108,7 @@ class Stage1Model(nn.Module):
                     temporal_downsample=c.temporal_downsample, attn_layout=c.attn_layout, attn_heads=c.attn_heads)
         self.encoder = Encoder3d(c.in_channels, **arch)
         self.temporal = TemporalLatent(c.latent_dim, c.ta_heads, c.residual_window)
-        vq = dict(beta=c.beta, regularizer=c.regularizer, reg_weight=c.reg_weight, reg_eps=c.reg_eps)
+        vq = dict(beta=c.beta, regularizer=c.regularizer, reg_weight=c.reg_weight, reg_eps=c.reg_eps, reg_power=c.reg_power)
         self.spatial_codebook = VectorQuantizer(c.num_codes_spatial, c.latent_dim, **vq)
         self.temporal_codebook = VectorQuantizer(c.num_codes_temporal, c.latent_dim, **vq)
         self.fusion = Fusion(c.fusion, c.latent_dim)
