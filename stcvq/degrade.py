@@ -80,9 +80,14 @@ class BFVRConfig:
 class BrightnessFlickerConfig:
     probability: float = 0.3  # chance that a frame flickers
     alpha: tuple[float, float] = (0.5, 1.5)  # convertScaleAbs gain range
+    # At least this many frames per clip flicker (those with the smallest draws). The paper's
+    # 24-frame clips almost never draw none (0.7^24 = 0.02%); 8-frame clips do 5.7% of the time,
+    # and such a clip has nothing to de-flicker. 0 = the paper's rule alone.
+    min_frames: int = 1
 
     def __post_init__(self) -> None:
         check(0.0 <= self.probability <= 1.0, f"deflicker.probability {self.probability} not in [0, 1]")
+        check(self.min_frames >= 0, f"deflicker.min_frames {self.min_frames} must be >= 0")
         _check_range("deflicker.alpha", self.alpha, 0.0)
 
 
@@ -228,17 +233,25 @@ def bfvr_degrade(
 def brightness_flicker(
     frames: np.ndarray, cfg: BrightnessFlickerConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Each frame with probability p: ``cv2.convertScaleAbs(frame, alpha=U(lo, hi))``."""
+    """Each frame with probability p: ``cv2.convertScaleAbs(frame, alpha=U(lo, hi))``; then, if
+    fewer than ``min_frames`` frames were hit, the frames with the smallest draws are added."""
     out = np.array(frames, copy=True)
-    flickered, alphas = [], []
-    for index in range(len(out)):
-        hit = bool(rng.random() < cfg.probability)
-        alpha = float(rng.uniform(*cfg.alpha))  # drawn for every frame so draws don't shift
-        if hit:
-            out[index] = cv2.convertScaleAbs(out[index], alpha=alpha, beta=0)
-            flickered.append(index)
-            alphas.append(alpha)
-    meta = {"flicker_frames": flickered, "alphas": alphas, "probability": cfg.probability, "alpha_range": list(cfg.alpha)}
+    draws = np.empty(len(out))
+    gains = np.empty(len(out))
+    for index in range(len(out)):  # one draw of each per frame, whatever is hit, so draws never shift
+        draws[index] = rng.random()
+        gains[index] = rng.uniform(*cfg.alpha)
+    hit = draws < cfg.probability
+    missing = min(cfg.min_frames, len(out)) - int(hit.sum())
+    if missing > 0:
+        order = [i for i in np.argsort(draws, kind="stable") if not hit[i]]
+        hit[order[:missing]] = True
+    flickered = [int(i) for i in np.flatnonzero(hit)]
+    alphas = [float(gains[i]) for i in flickered]
+    for index, alpha in zip(flickered, alphas):
+        out[index] = cv2.convertScaleAbs(out[index], alpha=alpha, beta=0)
+    meta = {"flicker_frames": flickered, "alphas": alphas, "probability": cfg.probability,
+            "min_frames": cfg.min_frames, "alpha_range": list(cfg.alpha)}
     return out, meta
 
 

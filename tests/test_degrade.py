@@ -116,8 +116,21 @@ def test_brightness_flicker_matches_convert_scale_abs(face_clip):
     for i, alpha in zip(meta["flicker_frames"], meta["alphas"]):
         assert 0.5 <= alpha <= 1.5
         assert np.array_equal(out[i], cv2.convertScaleAbs(face_clip[i], alpha=alpha, beta=0))
-    same, meta = brightness_flicker(face_clip, BrightnessFlickerConfig(probability=0.0), np.random.default_rng(0))
+    same, meta = brightness_flicker(face_clip, BrightnessFlickerConfig(probability=0.0, min_frames=0), np.random.default_rng(0))
     assert np.array_equal(same, face_clip) and meta["flicker_frames"] == []
+
+
+def test_brightness_flicker_min_frames_adds_smallest_draws(face_clip):
+    """min_frames only tops up clips that drew too few hits, and never changes the other draws."""
+    cfg = BrightnessFlickerConfig(probability=0.0, min_frames=2)
+    out, meta = brightness_flicker(face_clip, cfg, np.random.default_rng(3))
+    draws = np.random.default_rng(3).random((len(face_clip), 2))[:, 0]  # (hit draw, gain draw) per frame
+    assert meta["flicker_frames"] == sorted(np.argsort(draws)[:2].tolist())
+    changed = [i for i in range(len(face_clip)) if not np.array_equal(out[i], face_clip[i])]
+    assert set(changed) <= set(meta["flicker_frames"]) and changed
+    many, _ = brightness_flicker(face_clip, BrightnessFlickerConfig(probability=1.0, min_frames=2), np.random.default_rng(3))
+    plain, _ = brightness_flicker(face_clip, BrightnessFlickerConfig(probability=1.0, min_frames=0), np.random.default_rng(3))
+    assert np.array_equal(many, plain)
 
 
 def test_brightness_flicker_probability():
