@@ -2,7 +2,9 @@
 
 Usage: python -m pipeline.evaluate {bfvr|deflicker|deflicker-pixel}
 Reads params evaluate, models/stage2-<task>/ and data/shards/<task>/test-<task>.json. Writes
-  metrics/<task>.json                          input / output metrics, null_reasons, efficiency
+  metrics/<task>.json                          input / output metrics, null_reasons (same bytes every run)
+  metrics/efficiency/<task>.json               seconds per clip, frames per second, device (a timing:
+                                               kept apart so the file above only changes with results)
   plots/evaluate-<task>/temporal_profile.png   most degraded test clip: input | output | ground truth
   plots/evaluate-<task>/frames.png             the same clip: rows input / output / ground truth
 """
@@ -36,6 +38,7 @@ def main(task: str) -> None:
 
     report = evaluate_task(model, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces, device=cfg.device)
     report["skipped"] += [{"key": key, "error": "unreadable sample"} for key in samples.skipped]
+    write_json(Path("metrics") / "efficiency" / f"{task}.json", report.pop("efficiency"))
     write_json(Path("metrics") / f"{task}.json", report)
 
     # plot the most degraded clip (lowest input PSNR): a clean clip shows nothing to restore
