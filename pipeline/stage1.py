@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.common import load_params, setup_logging
+from pipeline.common import is_main_process, load_params, setup_logging
 from stcvq.config import from_dict
 from stcvq.data import ShardClips, shard_batches
 from stcvq.io import write_json
@@ -37,6 +37,8 @@ def main() -> None:
     result = train_stage1(cfg, ShardClips(train_index, seed=cfg.train.seed), run_dir, val_batches=val,
                           data_fingerprint=data_fingerprint)
     seconds = time.time() - started
+    if not is_main_process():
+        return
 
     out = Path("models") / "stage1"
     shutil.rmtree(out, ignore_errors=True)

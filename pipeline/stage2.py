@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.common import load_params, setup_logging
+from pipeline.common import is_main_process, load_params, setup_logging
 from stcvq.config import from_dict, to_dict
 from stcvq.data import ShardClips, has_member, shard_batches
 from stcvq.io import write_json
@@ -49,6 +49,8 @@ def main(task: str) -> None:
         cfg, stage1, lambda lq: ShardClips(train_index, lq=lq, seed=train_cfg.seed), run_dir,
         val_batches=shard_batches(val_index, batch_size=train_cfg.batch_size), has_noisefree=noisefree)
     seconds = time.time() - started
+    if not is_main_process():
+        return
 
     out = Path("models") / f"stage2-{task}"
     out.parent.mkdir(parents=True, exist_ok=True)

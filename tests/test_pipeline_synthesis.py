@@ -33,6 +33,10 @@ def repo(tmp_path_factory) -> Path:
     ignore = shutil.ignore_patterns(".venv", ".git", "data", "metrics", "cache", "tmp", "dvc.lock", "__pycache__", "*.egg-info", ".pytest_cache")
     shutil.copytree(ROOT, copy, ignore=ignore)
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
+    # DVCLive (training stages) fails in a git repository without a commit ("Empty git repo")
+    subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-q", "-m", "copy"],
+                   cwd=copy, check=True)
     return copy
 
 
@@ -60,3 +64,33 @@ def test_repro_builds_shards_and_second_run_does_nothing(repo):
     third = dvc(repo, "repro", "synthesize")
     assert "Running stage 'synthesize@deflicker'" in third
     assert "Running stage 'synthesize@bfvr'" not in third and "Running stage 'clips'" not in third
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_training_stage_scripts_under_torchrun(repo):
+    """The stage1 and stage2 scripts as two gloo processes: rank 0 alone exports the model and
+    the metrics (rank 1 used to race it deleting and rewriting models/), and both finish."""
+    dvc(repo, "repro", "synthesize")  # nothing to do when the test above has run
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for stage in ("stage1", "stage2"):
+        params[stage]["train"].update(steps=4, batch_size=4, eval_every=2, ckpt_every=2, log_every=2)
+    params["stage2"]["noisefree_steps"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    for module in (["-m", "pipeline.stage1"], ["-m", "pipeline.stage2", "bfvr"]):
+        proc = subprocess.run([*torchrun, *module], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{module} under torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    stage1 = json.loads((repo / "metrics/stage1.json").read_text())
+    stage2 = json.loads((repo / "metrics/stage2-bfvr.json").read_text())
+    assert stage1["step"] == 4 and stage2["step"] == 4
+    assert (repo / "models/stage1/model.safetensors").exists() and (repo / "models/stage2-bfvr/model.safetensors").exists()
+    assert not list((repo / "models").glob(".stage2-*"))  # no staging folder left behind
