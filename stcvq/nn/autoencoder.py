@@ -9,6 +9,10 @@ Any clip size: :func:`pad_clip` pads T, H, W up to multiples of the compression 
 repeating the last frame / edge pixels ("replicate"), :func:`crop_clip` cuts the decoded clip
 back. Replicate padding keeps the padded border close to real content, so the border pixels of
 the real area reconstruct as well as the interior. T = 1 becomes 2 identical frames.
+
+Without gradients (inference), the layers outside the attention levels run a few frames at a
+time once a feature map exceeds ``chunk_bytes`` (:mod:`stcvq.nn.chunked`; same result, bounded
+memory). ``chunk_bytes = None`` runs every layer whole.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import chunked
 from .blocks import AttentionLayout, Downsample3d, ResBlock3d, Upsample3d, attention_block, group_norm
 
 
@@ -33,12 +38,18 @@ def pad_clip(x: torch.Tensor, temporal_factor: int, spatial_factor: int) -> torc
     return F.pad(x, (0, pad_w, 0, pad_h, 0, pad_t), mode="replicate")
 
 
+# Widest feature map of one chunk in inference: 128 MiB is 2 frames of 64 x 512^2 float32.
+CHUNK_BYTES = 128 << 20
+
+
 def crop_clip(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     t, h, w = size
     return x[..., :t, :h, :w]
 
 
 class Encoder3d(nn.Module):
+    chunk_bytes: int | None = CHUNK_BYTES
+
     def __init__(
         self,
         in_channels: int,
@@ -72,16 +83,19 @@ class Encoder3d(nn.Module):
         self.conv_out = nn.Conv3d(width, latent_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
+        budget = self.chunk_bytes
+        h = chunked.run(self.conv_in, x, budget)
         for level in self.levels:
             for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(h))
-            h = level.down(h)
+                h = attn(chunked.run(block, h, budget))
+            h = chunked.run(level.down, h, budget)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return chunked.run(self.conv_out, h, budget, norm=self.norm_out)
 
 
 class Decoder3d(nn.Module):
+    chunk_bytes: int | None = CHUNK_BYTES
+
     def __init__(
         self,
         out_channels: int,
@@ -113,9 +127,10 @@ class Decoder3d(nn.Module):
         self.conv_out = nn.Conv3d(width, out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        budget = self.chunk_bytes
         h = self.mid(self.conv_in(z))
         for level in self.levels:
             for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(h))
-            h = level.up(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+                h = attn(chunked.run(block, h, budget))
+            h = chunked.run(level.up, h, budget)
+        return chunked.run(self.conv_out, h, budget, norm=self.norm_out)
