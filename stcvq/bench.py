@@ -134,3 +134,27 @@ def bench_enhance(
         result["gpu"] = torch.cuda.get_device_name()
     return result
 
+
+
+def dtype_output_difference(model, clips: torch.Tensor, dtype: str = "bf16", device: str = "cpu") -> dict:
+    """How far ``model.restore(clips)`` under ``dtype`` autocast lands from float32: output
+    difference on the 0..255 scale, PSNR of one against the other, and the share of code
+    indices both predict alike (a flipped index changes a whole latent cell's decoded patch)."""
+    from stcvq.enhance import _autocast
+
+    model, clips = model.to(device).eval(), clips.to(device)
+    outputs, indices = {}, {}
+    for name in ("float32", dtype):
+        with torch.inference_mode(), _autocast(torch.device(device), name):
+            indices[name] = model.predict_indices(clips)
+            outputs[name] = model.restore(clips).float().clamp(0, 1) * 255
+    diff = (outputs[dtype] - outputs["float32"]).abs()
+    mse = float((diff**2).mean())
+    return {
+        "dtype": dtype,
+        "max_abs_diff_255": float(diff.max()),
+        "mean_abs_diff_255": float(diff.mean()),
+        "psnr_vs_float32_db": 10 * np.log10(255**2 / mse) if mse > 0 else float("inf"),
+        "same_index_spatial": float((indices[dtype][0] == indices["float32"][0]).float().mean()),
+        "same_index_temporal": float((indices[dtype][1] == indices["float32"][1]).float().mean()),
+    }
