@@ -61,13 +61,12 @@ def main() -> int:
         ratios["default_bf16_vs_float32"] = bf16_difference()
     if args.paper:
         base = ("--profile", "paper", "--frames", "24", "--size", "512", "--device", args.device)
-        for attention in ("global", "factorized"):
-            fp32 = bench(*base, "--attention", attention, "--dtype", "float32")
-            ratios[f"paper_{attention}_fp32_seconds"] = fp32["seconds"]
-            ratios[f"paper_{attention}_fp32_peak_rss_gib"] = fp32["peak_rss_gib"]
-            ratios[f"paper_{attention}_fp32_fraction_of_gemm"] = fp32["fraction_of_gemm"]
-        bf16 = bench(*base, "--attention", "factorized", "--dtype", "bf16")
-        ratios["paper_factorized_bf16_over_fp32_seconds"] = bf16["seconds"] / ratios["paper_factorized_fp32_seconds"]
+        for attention, dtype in (("factorized", "float32"), ("factorized", "bf16"), ("global", "float32")):
+            run = bench(*base, "--attention", attention, "--dtype", dtype)
+            for key in ("seconds", "peak_rss_gib", "fraction_of_gemm"):
+                ratios[f"paper_{attention}_{dtype}_{key}"] = run[key]
+        ratios["paper_factorized_bf16_over_float32_seconds"] = (
+            ratios["paper_factorized_bf16_seconds"] / ratios["paper_factorized_float32_seconds"])
     print(json.dumps({"ratios": ratios}), flush=True)
     return 0
 

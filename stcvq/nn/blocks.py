@@ -94,8 +94,9 @@ class SelfAttention3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
-        if self.tokens == "global":  # (B, t*h*w, C)
-            to_seq = lambda z: z.flatten(2).transpose(1, 2)  # noqa: E731
+        if self.tokens == "global":  # (B, t*h*w, C); contiguous channels, else SDPA on CPU falls
+            # back to its math kernel and materialises the (t*h*w)^2 attention matrix
+            to_seq = lambda z: z.flatten(2).transpose(1, 2).contiguous()  # noqa: E731
             out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads)
             out = out.transpose(1, 2).reshape(b, c, t, h, w)
         elif self.tokens == "spatial":  # (B*t, h*w, C)
