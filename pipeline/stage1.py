@@ -6,6 +6,7 @@ Reads params stage1 (shards task, model, loss, train) and data/shards/<task>/{tr
   models/stage1/{model.safetensors,config.json} (EMA weights, Stage1Model.from_pretrained)
   plots/stage1/...                              (DVCLive curves)
   metrics/stage1.json                           (val_psnr, codebook_usage_* as fractions of codes used)
+  metrics/efficiency/stage1.json                (wall time of this run: a resumed run counts only its part)
 """
 
 from __future__ import annotations
@@ -54,9 +55,11 @@ def main() -> None:
     final = Stage1Objective.evaluate(objective, model.eval(), val())
     first = result.history[0] if result.history and result.history[0]["step"] == 0 else {}
     metrics = {**final, "step": result.step, "val_psnr_first_eval": first.get("val_psnr"),
-               "train_seconds_this_run": round(seconds, 1), "parameters": sum(x.numel() for x in model.parameters()),
+               "parameters": sum(x.numel() for x in model.parameters()),
                "nonfinite_steps_skipped": result.bad_steps}
     write_json("metrics/stage1.json", metrics)
+    # timings apart, so metrics/stage1.json has the same bytes on every run of the same code and seed
+    write_json("metrics/efficiency/stage1.json", {"train_seconds_this_run": round(seconds, 1), "steps": result.step})
     log.info("wrote %s; val PSNR %.2f dB (first eval %s), codebook usage spatial %.3f temporal %.3f",
              out, final["val_psnr"], first.get("val_psnr"), final["codebook_usage_spatial"], final["codebook_usage_temporal"])
 

@@ -7,6 +7,7 @@ data/shards/<task>/{train,val}-<task>.json. Writes
   models/stage2-<task>/{model.safetensors,config.json}  (self-contained, for `stcvq enhance`)
   plots/stage2-<task>/<phase>/...                    (DVCLive curves, for `dvc plots`)
   metrics/stage2-<task>.json                         (final val accuracies, chance, PSNRs)
+  metrics/efficiency/stage2-<task>.json              (wall time of this run)
 """
 
 from __future__ import annotations
@@ -73,11 +74,12 @@ def main(task: str) -> None:
     final["step"] = results[-1].step
     metrics = {**final, "task": task, "schedule": cfg.schedule,
                "phases": [{"name": n, "lq": lq, "steps": s} for n, lq, s in cfg.phases(noisefree)],
-               "train_seconds_this_run": round(seconds, 1),
                "parameters": sum(p_.numel() for p_ in model.parameters()),
                "trainable_parameters": sum(p_.numel() for n_, p_ in model.named_parameters()
                                            if n_.startswith(("vqgan.encoder.", "spatial_transformer.", "temporal_transformer.")))}
     write_json(f"metrics/stage2-{task}.json", metrics)
+    # timings apart, so metrics/stage2-<task>.json has the same bytes on every run of the same code and seed
+    write_json(f"metrics/efficiency/stage2-{task}.json", {"train_seconds_this_run": round(seconds, 1), "steps": final["step"]})
     log.info("wrote %s; val acc spatial %.3f temporal %.3f (majority chance %.3f / %.3f); PSNR input %.2f output %.2f dB",
              out, final.get("val_acc_spatial", float("nan")), final.get("val_acc_temporal", float("nan")),
              final.get("chance_spatial_majority", float("nan")), final.get("chance_temporal_majority", float("nan")),
