@@ -15,8 +15,8 @@ Regularisers (the paper's section on codebook collapse, Eq. 6):
           (so the encoder and, for the temporal codebook, TA get gradient) and the codes.
           ``power`` = 1 is Eq. 6 as printed. With hundreds of codes the inverse distances are
           nearly flat (nearest vs farthest code within a factor of a few), so P_post stays
-          close to uniform even when the argmin usage has collapsed (KL ~1e-4 against 1.2 for
-          the argmin usage of a trained tiny model). A larger power sharpens s towards the
+          close to uniform even when the argmin usage has collapsed (KL 1.4e-4 against 1.31 for
+          the argmin usage of the embedded default's Stage I; benchmarks/bench_mpr_sharpness.py). A larger power sharpens s towards the
           argmin assignment. Measured at small scale (benchmarks/bench_stage1_mpr.py, README),
           neither a larger power nor a larger weight raised usage above ``none``; both lowered
           it, consistent with the encoder lowering the KL by making distances more alike
