@@ -82,6 +82,20 @@ def test_chunked_stage2_restore_equals_unchunked():
     torch.testing.assert_close(model.restore(clips), whole, rtol=1e-5, atol=1e-5)
 
 
+def test_chunked_layers_under_bf16_autocast_match_the_whole_layers():
+    """The chunked path writes bf16 activations into bf16 buffers; under autocast it must land
+    where the plain bf16 forward lands (bf16 rounding apart), chunk boundaries included."""
+    torch.manual_seed(0)
+    model = Stage1Model(Stage1Config.tiny()).eval()
+    clip = torch.rand(1, 3, 8, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _set_chunk_bytes(model, None)
+        whole = model.decode(model.encode(clip)).float()
+        _set_chunk_bytes(model, 1)
+        parts = model.decode(model.encode(clip))
+    assert (parts.float() - whole).abs().mean() < 0.01 * whole.abs().mean()
+
+
 def test_no_seam_on_a_static_video_with_a_real_model(carphone_path):
     """A still video through a random-init Stage II model: the step between adjacent output
     frames at a window seam is no larger than the largest step inside a window."""

@@ -49,6 +49,24 @@ def test_spatial_attention_stays_within_each_frame():
     assert dx[0] == 0 and dx[1] == 0 and dx[2] > 0
 
 
+@pytest.mark.parametrize("tokens", ["global", "spatial", "temporal"])
+def test_attention_equals_the_textbook_formula(tokens):
+    """1x1x1 conv projections and an explicit softmax(QK^T / sqrt(d)) V over the chosen tokens."""
+    torch.manual_seed(0)
+    attn = SelfAttention3d(8, tokens, heads=2)
+    x = torch.randn(2, 8, 3, 4, 5)
+    q, k, v = attn.qkv(attn.norm(x)).chunk(3, dim=1)  # (B, C, t, h, w) each
+    # sequences: global (b, t*h*w), spatial (b*t, h*w), temporal (b*h*w, t)
+    perm = {"global": (0, 2, 3, 4, 1), "spatial": (0, 2, 3, 4, 1), "temporal": (0, 3, 4, 2, 1)}[tokens]
+    seq_len = {"global": 3 * 4 * 5, "spatial": 4 * 5, "temporal": 3}[tokens]
+    to_heads = lambda z: z.permute(*perm).reshape(-1, seq_len, 2, 4).transpose(1, 2)  # noqa: E731
+    weights = torch.softmax(to_heads(q) @ to_heads(k).transpose(-1, -2) / 2.0, dim=-1)  # sqrt(4) = 2
+    out = (weights @ to_heads(v)).transpose(1, 2).reshape(-1, seq_len, 8)
+    shape = {"global": (2, 3, 4, 5, 8), "spatial": (2, 3, 4, 5, 8), "temporal": (2, 4, 5, 3, 8)}[tokens]
+    out = out.reshape(shape).permute(*[perm.index(i) for i in range(5)])
+    torch.testing.assert_close(attn(x), x + attn.proj(out), rtol=1e-5, atol=1e-5)
+
+
 # -- quantiser ------------------------------------------------------------------------------------
 def test_quantizer_nearest_code_straight_through_and_loss():
     vq = VectorQuantizer(4, 2, beta=0.25)
@@ -99,6 +117,33 @@ def test_mpr_power_sharpens_towards_argmin_usage():
             vq.codebook.weight.copy_(codes)
         kl[power] = vq.quantize(z).terms["reg"].item()
     assert kl[8.0] > 0.5 * math.log(64) > kl[1.0]
+
+
+def test_mpr_pulls_unused_codes_to_the_data():
+    """Figure 5's mechanism on the quantiser alone: fixed tokens, codes spread wider than the
+    data (``init="normal"``). Without a regulariser a code moves only once it wins a token;
+    Eq. 6's gradient reaches every code and pulls unused ones towards the tokens."""
+    torch.manual_seed(0)
+    z = (0.1 * torch.randn(512, 4)).t().reshape(1, 4, 1, 1, 512)
+    usage = {}
+    for reg in ("none", "mpr"):
+        torch.manual_seed(1)
+        vq = VectorQuantizer(64, 4, regularizer=reg, init="normal", init_std=0.5)
+        optimizer = torch.optim.Adam(vq.parameters(), lr=1e-2)
+        for _ in range(100):
+            optimizer.zero_grad()
+            vq.quantize(z).loss.backward()
+            optimizer.step()
+        usage[reg] = codebook_stats(vq.quantize(z).indices, 64)["usage"]
+    assert usage["mpr"] > usage["none"] + 0.2
+
+
+def test_codebook_inits():
+    assert VectorQuantizer(64, 4).codebook.weight.abs().max() <= 1 / 64  # VQGAN's
+    torch.manual_seed(0)
+    assert VectorQuantizer(1024, 16, init="normal", init_std=0.3).codebook.weight.std().item() == pytest.approx(0.3, rel=0.05)
+    with pytest.raises(ValueError, match="codebook init"):
+        VectorQuantizer(4, 2, init="kmeans")
 
 
 def test_pdr_is_kl_of_one_hot_usage():

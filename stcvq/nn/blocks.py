@@ -93,23 +93,24 @@ class SelfAttention3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
+        # The 1x1x1 projections run as matrix products on (B, t, h, w, C) tokens: the same
+        # weights and FLOPs, without the slow direct 1x1x1 conv3d kernel CPUs fall back to.
+        tokens = self.norm(x).permute(0, 2, 3, 4, 1)
+        q, k, v = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias).chunk(3, dim=-1)
         if self.tokens == "global":  # (B, t*h*w, C); contiguous channels, else SDPA on CPU falls
             # back to its math kernel and materialises the (t*h*w)^2 attention matrix
-            to_seq = lambda z: z.flatten(2).transpose(1, 2).contiguous()  # noqa: E731
-            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads)
-            out = out.transpose(1, 2).reshape(b, c, t, h, w)
+            to_seq = lambda z: z.reshape(b, t * h * w, c).contiguous()  # noqa: E731
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads).reshape(b, t, h, w, c)
         elif self.tokens == "spatial":  # (B*t, h*w, C)
-            to_seq = lambda z: z.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c)  # noqa: E731
-            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads)
-            out = out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+            to_seq = lambda z: z.reshape(b * t, h * w, c).contiguous()  # noqa: E731
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads).reshape(b, t, h, w, c)
         elif self.tokens == "temporal":  # (B*h*w, t, C)
-            to_seq = lambda z: z.permute(0, 3, 4, 2, 1).reshape(b * h * w, t, c)  # noqa: E731
-            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads)
-            out = out.reshape(b, h, w, t, c).permute(0, 4, 3, 1, 2)
+            to_seq = lambda z: z.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, c)  # noqa: E731
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads).reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4)
         else:
             raise ValueError(f"unknown attention tokens {self.tokens!r}")
-        return x + self.proj(out.contiguous())
+        out = F.linear(out, self.proj.weight.flatten(1), self.proj.bias)
+        return x + out.permute(0, 4, 1, 2, 3)
 
 
 def attention_block(channels: int, layout: AttentionLayout, heads: int = 1) -> nn.Module:
