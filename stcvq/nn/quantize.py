@@ -39,6 +39,7 @@ from torch import nn
 from .blocks import no_autocast
 
 Regularizer = Literal["none", "pdr", "mpr"]
+CodebookInit = Literal["uniform", "normal"]
 
 
 @dataclass
@@ -96,10 +97,14 @@ class VectorQuantizer(nn.Module):
         reg_weight: float = 1.0,
         reg_eps: float = 1e-6,
         reg_power: float = 1.0,
+        init: CodebookInit = "uniform",
+        init_std: float = 0.1,
     ):
         super().__init__()
         if regularizer not in ("none", "pdr", "mpr"):
             raise ValueError(f"unknown regularizer {regularizer!r}; expected none, pdr or mpr")
+        if init not in ("uniform", "normal"):
+            raise ValueError(f"unknown codebook init {init!r}; expected uniform or normal")
         self.num_codes = num_codes
         self.dim = dim
         self.beta = beta
@@ -108,8 +113,10 @@ class VectorQuantizer(nn.Module):
         self.reg_eps = reg_eps
         self.reg_power = reg_power
         self.codebook = nn.Embedding(num_codes, dim)
-        # VQGAN's init; small codes make collapse likely without a regulariser (Figure 5).
-        nn.init.uniform_(self.codebook.weight, -1.0 / num_codes, 1.0 / num_codes)
+        if init == "uniform":  # VQGAN's (the reference code's): every code within 1/N of the origin
+            nn.init.uniform_(self.codebook.weight, -1.0 / num_codes, 1.0 / num_codes)
+        else:  # spread over the latents' scale: dead codes sit apart, where MPR can pull each to data
+            nn.init.normal_(self.codebook.weight, 0.0, init_std)
 
     def distances(self, z_flat: torch.Tensor) -> torch.Tensor:
         """Euclidean distances (tokens x codes), in float32 even under autocast."""

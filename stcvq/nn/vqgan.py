@@ -45,6 +45,10 @@ class Stage1Config:
     reg_weight: float = 1.0
     reg_eps: float = 1e-6
     reg_power: float = 1.0  # exponent on 1/D in the similarity (1 = Eq. 6 as printed; see quantize.py)
+    # uniform: VQGAN's U(-1/N, 1/N), the reference code's; normal: N(0, codebook_init_std^2) per
+    # coordinate. With uniform, all unused codes start as one clump at the origin and move as one.
+    codebook_init: Literal["uniform", "normal"] = "uniform"
+    codebook_init_std: float = 0.1
     residual_window: int = 1
     ta_heads: int = 1
     fusion: Literal["add", "conv", "fft3d"] = "add"
@@ -60,6 +64,8 @@ class Stage1Config:
         check(self.num_codes_spatial >= 2 and self.num_codes_temporal >= 2, "codebooks need >= 2 codes")
         check(self.beta >= 0 and self.reg_weight >= 0 and self.reg_eps > 0 and self.reg_power > 0,
               "beta, reg_weight >= 0; reg_eps, reg_power > 0")
+        check(self.codebook_init in ("uniform", "normal") and self.codebook_init_std > 0,
+              f"codebook_init must be uniform or normal (got {self.codebook_init!r}), codebook_init_std > 0")
         check(self.residual_window >= 1, "residual_window must be >= 1")
 
     @property
@@ -108,7 +114,8 @@ class Stage1Model(nn.Module):
                     temporal_downsample=c.temporal_downsample, attn_layout=c.attn_layout, attn_heads=c.attn_heads)
         self.encoder = Encoder3d(c.in_channels, **arch)
         self.temporal = TemporalLatent(c.latent_dim, c.ta_heads, c.residual_window)
-        vq = dict(beta=c.beta, regularizer=c.regularizer, reg_weight=c.reg_weight, reg_eps=c.reg_eps, reg_power=c.reg_power)
+        vq = dict(beta=c.beta, regularizer=c.regularizer, reg_weight=c.reg_weight, reg_eps=c.reg_eps, reg_power=c.reg_power,
+                  init=c.codebook_init, init_std=c.codebook_init_std)
         self.spatial_codebook = VectorQuantizer(c.num_codes_spatial, c.latent_dim, **vq)
         self.temporal_codebook = VectorQuantizer(c.num_codes_temporal, c.latent_dim, **vq)
         self.fusion = Fusion(c.fusion, c.latent_dim)
