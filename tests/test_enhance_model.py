@@ -61,6 +61,20 @@ def test_chunked_stage1_equals_unchunked(layout):
             torch.testing.assert_close(model.decode(z_q), decoded, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last_3d])
+def test_channel_moments_keep_precision_far_from_zero(layout):
+    """Whole-clip statistics from one chunked pass: a large offset (1000 + 0.01 noise, and a
+    brighter last frame) must not cancel away the variance."""
+    torch.manual_seed(0)
+    x = 1000 + 0.01 * torch.randn(2, 4, 5, 6, 7, dtype=torch.float64)
+    x[:, :, -1] += 0.05
+    x = x.float()
+    mean, var = chunked._channel_moments(x.contiguous(memory_format=layout), chunk=2)
+    want_var, want_mean = torch.var_mean(x.double(), dim=(2, 3, 4), unbiased=False)
+    torch.testing.assert_close(mean.double(), want_mean, rtol=1e-7, atol=0)
+    torch.testing.assert_close(var.double(), want_var, rtol=1e-5, atol=0)  # float32 var_mean: 6e-8
+
+
 def test_chunking_only_without_gradients():
     block = ResBlock3d(8, 8)
     x = torch.zeros(1, 8, 4, 4, 4)

@@ -95,8 +95,10 @@ class SelfAttention3d(nn.Module):
         b, c, t, h, w = x.shape
         # The 1x1x1 projections run as matrix products on (B, t, h, w, C) tokens: the same
         # weights and FLOPs, without the slow direct 1x1x1 conv3d kernel CPUs fall back to.
-        tokens = self.norm(x).permute(0, 2, 3, 4, 1)
-        q, k, v = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias).chunk(3, dim=-1)
+        # (2-D operands: a permuted 5-D one makes bf16 linear a bmm over a copied weight).
+        tokens = self.norm(x).permute(0, 2, 3, 4, 1).reshape(-1, c)
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias).reshape(b, t, h, w, 3 * c)
+        q, k, v = qkv.chunk(3, dim=-1)
         if self.tokens == "global":  # (B, t*h*w, C); contiguous channels, else SDPA on CPU falls
             # back to its math kernel and materialises the (t*h*w)^2 attention matrix
             to_seq = lambda z: z.reshape(b, t * h * w, c).contiguous()  # noqa: E731
@@ -109,7 +111,7 @@ class SelfAttention3d(nn.Module):
             out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads).reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4)
         else:
             raise ValueError(f"unknown attention tokens {self.tokens!r}")
-        out = F.linear(out, self.proj.weight.flatten(1), self.proj.bias)
+        out = F.linear(out.reshape(-1, c), self.proj.weight.flatten(1), self.proj.bias).reshape(b, t, h, w, c)
         return x + out.permute(0, 4, 1, 2, 3)
 
 
