@@ -50,11 +50,17 @@ def peak_rss_gib() -> float:
     return peak / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
-def count_flops(model: torch.nn.Module, clips: torch.Tensor) -> int:
-    """FLOPs of one ``model.restore(clips)`` call, counted by torch's FlopCounterMode."""
+def flops_by_op(model: torch.nn.Module, clips: torch.Tensor) -> dict[str, int]:
+    """FLOPs of one ``model.restore(clips)`` call per aten op (convolution, bmm: attention,
+    addmm: linear layers), counted by torch's FlopCounterMode."""
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model.restore(clips)
-    return int(counter.get_total_flops())
+    return {str(op).removeprefix("aten."): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+
+
+def count_flops(model: torch.nn.Module, clips: torch.Tensor) -> int:
+    """FLOPs of one ``model.restore(clips)`` call."""
+    return sum(flops_by_op(model, clips).values())
 
 
 def build_bench_model(profile: str, task: str, size: int | None, attention: str | None, token_layout: str | None):
@@ -83,7 +89,8 @@ def bench_enhance(
     frames = frames or length
     with torch.device("meta"):  # FLOPs of one window, without allocating anything
         meta_model = build_bench_model(profile, task, size, attention, token_layout)
-    flops_per_window = count_flops(meta_model, torch.zeros(1, 3, length, size, size, device="meta"))
+    window_flops = flops_by_op(meta_model, torch.zeros(1, 3, length, size, size, device="meta"))
+    flops_per_window = sum(window_flops.values())
     del meta_model
 
     model = model.to(device)
@@ -128,6 +135,7 @@ def bench_enhance(
         "frames_per_second": written / best,
         "peak_rss_gib": peak_rss_gib(),
         "flops": flops,
+        "flops_by_op": {op: n * windows for op, n in window_flops.items()},
         "achieved_flops_per_s": flops / best,
         "gemm_flops_per_s": gemm,
         "fraction_of_gemm": flops / best / gemm,
