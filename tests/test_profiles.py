@@ -35,7 +35,7 @@ def test_paper_profile_builds_the_paper_stage1_model():
     stage1 = from_dict(Stage1Config, merged["stage1"]["model"])
     paper = Stage1Config.paper()
     for field in ("nf", "ch_mult", "num_res_blocks", "temporal_downsample", "latent_dim",
-                  "num_codes_spatial", "num_codes_temporal"):
+                  "num_codes_spatial", "num_codes_temporal", "codebook_init"):
         assert getattr(stage1, field) == getattr(paper, field), field
 
 

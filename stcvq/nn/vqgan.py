@@ -46,7 +46,8 @@ class Stage1Config:
     reg_eps: float = 1e-6
     reg_power: float = 1.0  # exponent on 1/D in the similarity (1 = Eq. 6 as printed; see quantize.py)
     # uniform: VQGAN's U(-1/N, 1/N), the reference code's; normal: N(0, codebook_init_std^2) per
-    # coordinate. With uniform, all unused codes start as one clump at the origin and move as one.
+    # coordinate. At small scale MPR raised codebook use over none from normal, not from uniform
+    # (README, "Codebook use").
     codebook_init: Literal["uniform", "normal"] = "uniform"
     codebook_init_std: float = 0.1
     residual_window: int = 1
