@@ -45,7 +45,7 @@ def _channel_moments(x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.T
     total = squares = 0
     for a in range(0, length, chunk):
         frames = x[:, :, a : a + chunk]
-        # float32 deviations; a bf16 slice is converted first (mixed-dtype sub is 3x slower)
+        # float32 deviations; a bf16 slice is converted first (a mixed-dtype sub took 1.8x as long)
         deviation = frames - shift if frames.dtype == torch.float32 else frames.float().sub_(shift)
         total = total + deviation.sum(dim=(2, 3, 4))
         squares = squares + deviation.mul_(deviation).sum(dim=(2, 3, 4))
@@ -69,7 +69,7 @@ def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor, chunk: int) -> Activation:
 
     def apply(frames: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         # In the maps' own dtype: a bf16 map times float32 factors takes torch's slow
-        # mixed-dtype path (5x the time); the result is stored in bf16 either way.
+        # mixed-dtype path (50x the time, 1 x 64 x 8 x 256^2); the result is bf16 either way.
         torch.addcmul(shift.to(frames.dtype), frames, scale.to(frames.dtype), out=out)
         return F.silu(out, inplace=True)
 
