@@ -50,7 +50,7 @@ from torch import nn
 from .config import check, from_dict, to_dict
 from .nn.export import load_model_weights, read_model_config, save_model_folder
 from .nn.lookup import LookupConfig, LookupTransformer
-from .nn.temporal import temporal_residual
+from .nn.temporal import reference_stage2_residual, temporal_residual
 from .nn.vqgan import Stage1Config, Stage1Model
 from .stage1 import clip_grid, psnr
 from .train import ClipSource, StepOutput, TrainConfig, TrainResult, reset_stale_run, train
@@ -76,6 +76,10 @@ class Stage2Config:
     lambda_ce: float = 1.0  # paper: 1.0 BFVR, 0.5 de-flicker
     code_weight: float = 10.0  # weight of ||z_l - sg(z_q)||^2 (10 in the reference code)
     residual_window: int | None = None  # motion residual window of T_T's input; None = Stage I's
+    # time: T_T's input has the residual along time. reference: the published Stage II's
+    # residual over memory rows (see temporal.reference_stage2_residual), which its weights
+    # were trained with; only for the imported checkpoints.
+    motion_residual: Literal["time", "reference"] = "time"
 
     def __post_init__(self) -> None:
         check(self.task in TASKS, f"task must be one of {list(TASKS)}, got {self.task!r}")
@@ -84,6 +88,8 @@ class Stage2Config:
               f"size {self.size} must be a multiple of Stage I's spatial factor {self.stage1.spatial_factor}")
         check(self.lambda_ce >= 0 and self.code_weight >= 0, "loss weights must be >= 0")
         check(self.residual_window is None or self.residual_window >= 1, "residual_window must be >= 1")
+        check(self.motion_residual in ("time", "reference"),
+              f"motion_residual must be time or reference, got {self.motion_residual!r}")
         for name, lookup, codes in (("spatial", self.spatial, self.stage1.num_codes_spatial),
                                     ("temporal", self.temporal, self.stage1.num_codes_temporal)):
             check(lookup.codebook_size == codes, f"{name} transformer predicts {lookup.codebook_size} codes, Stage I has {codes}")
@@ -278,7 +284,10 @@ class Stage2Model(nn.Module):
                 "(resizes the learned position tables; costs accuracy, see the stage2 module docs)")
 
     def temporal_input(self, z: torch.Tensor) -> torch.Tensor:
-        """T_T's input TA(z) + Residual(z), the residual along time: z[:, :, t] - z[:, :, t - window]."""
+        """T_T's input TA(z) + Residual(z), the residual along time: z[:, :, t] - z[:, :, t - window]
+        (``motion_residual="reference"``: the published checkpoints' residual instead)."""
+        if self.config.motion_residual == "reference":
+            return self.vqgan.temporal.attention(z) + reference_stage2_residual(z)
         return self.vqgan.temporal.attention(z) + temporal_residual(z, self.config.window)
 
     def forward(self, lq: torch.Tensor) -> Stage2Output:
@@ -300,9 +309,9 @@ class Stage2Model(nn.Module):
         return self.vqgan.decode(z_q, tuple(clips.shape[-3:])).clamp(0, 1)
 
     # -- export -------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, provenance: dict | None = None) -> None:
         """``model.safetensors`` (every weight inference needs) + ``config.json``, atomically."""
-        save_model_folder(directory, self, MODEL_TYPE, to_dict(self.config))
+        save_model_folder(directory, self, MODEL_TYPE, to_dict(self.config), provenance)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu",

@@ -10,6 +10,12 @@ repeating the last frame / edge pixels ("replicate"), :func:`crop_clip` cuts the
 back. Replicate padding keeps the padded border close to real content, so the border pixels of
 the real area reconstruct as well as the interior. T = 1 becomes 2 identical frames.
 
+``layout="reference"`` builds the published BFVR-STC checkpoints' layout instead (their
+VQAutoEncoder3D; every difference is listed in stcvq/reference.py): reference downsampling
+kernels, no activation between the last GroupNorm and conv of either network, and a decoder
+whose two lowest levels both run at the latent resolution with attention, its temporal
+upsample coming last (at full resolution).
+
 Without gradients (inference), the layers outside the attention levels run a few frames at a
 time once a feature map exceeds ``chunk_bytes`` (:mod:`stcvq.nn.chunked`; same result, bounded
 memory). ``chunk_bytes = None`` runs every layer whole.
@@ -24,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import chunked
-from .blocks import AttentionLayout, Downsample3d, ResBlock3d, Upsample3d, attention_block, group_norm
+from .blocks import AttentionLayout, Downsample3d, Layout, ResBlock3d, Upsample3d, attention_block, group_norm
 
 
 def pad_clip(x: torch.Tensor, temporal_factor: int, spatial_factor: int) -> torch.Tensor:
@@ -60,10 +66,12 @@ class Encoder3d(nn.Module):
         temporal_downsample: Sequence[bool],
         attn_layout: AttentionLayout = "global",
         attn_heads: int = 1,
+        layout: Layout = "stcvq",
     ):
         super().__init__()
         if len(temporal_downsample) != len(ch_mult) - 1:
             raise ValueError("temporal_downsample needs one flag per downsample (len(ch_mult) - 1)")
+        self.activate_out = layout != "reference"
         self.conv_in = nn.Conv3d(in_channels, nf * ch_mult[0], 3, padding=1)
         self.levels = nn.ModuleList()
         width = nf * ch_mult[0]
@@ -76,7 +84,7 @@ class Encoder3d(nn.Module):
                 level.blocks.append(ResBlock3d(width, nf * mult))
                 width = nf * mult
                 level.attns.append(attention_block(width, attn_layout, attn_heads) if i == last else nn.Identity())
-            level.down = Downsample3d(width, temporal_downsample[i]) if i < last else nn.Identity()
+            level.down = Downsample3d(width, temporal_downsample[i], layout) if i < last else nn.Identity()
             self.levels.append(level)
         self.mid = nn.Sequential(ResBlock3d(width, width), attention_block(width, attn_layout, attn_heads), ResBlock3d(width, width))
         self.norm_out = group_norm(width)
@@ -90,7 +98,7 @@ class Encoder3d(nn.Module):
                 h = attn(chunked.run(block, h, budget))
             h = chunked.run(level.down, h, budget)
         h = self.mid(h)
-        return chunked.run(self.conv_out, h, budget, norm=self.norm_out)
+        return chunked.run(self.conv_out, h, budget, norm=self.norm_out, activate=self.activate_out)
 
 
 class Decoder3d(nn.Module):
@@ -106,9 +114,15 @@ class Decoder3d(nn.Module):
         temporal_downsample: Sequence[bool],
         attn_layout: AttentionLayout = "global",
         attn_heads: int = 1,
+        layout: Layout = "stcvq",
     ):
         super().__init__()
         last = len(ch_mult) - 1
+        reference = layout == "reference"
+        self.activate_out = not reference
+        # Levels at the latent resolution get attention: the lowest one, and in the reference
+        # layout also the next (its upsample comes after that level, not before it).
+        attention_levels = {last, last - 1} if reference else {last}
         width = nf * ch_mult[last]
         self.conv_in = nn.Conv3d(latent_dim, width, 3, padding=1)
         self.mid = nn.Sequential(ResBlock3d(width, width), attention_block(width, attn_layout, attn_heads), ResBlock3d(width, width))
@@ -120,8 +134,11 @@ class Decoder3d(nn.Module):
             for _ in range(num_res_blocks):
                 level.blocks.append(ResBlock3d(width, nf * ch_mult[i]))
                 width = nf * ch_mult[i]
-                level.attns.append(attention_block(width, attn_layout, attn_heads) if i == last else nn.Identity())
-            level.up = Upsample3d(width, temporal_downsample[i - 1]) if i > 0 else nn.Identity()
+                level.attns.append(attention_block(width, attn_layout, attn_heads) if i in attention_levels else nn.Identity())
+            if reference:  # undoes the encoder's downsample after level i, at this level's end
+                level.up = Upsample3d(width, temporal_downsample[i]) if i < last else nn.Identity()
+            else:  # undoes the encoder's downsample into level i, so the levels mirror the encoder's
+                level.up = Upsample3d(width, temporal_downsample[i - 1]) if i > 0 else nn.Identity()
             self.levels.append(level)
         self.norm_out = group_norm(width)
         self.conv_out = nn.Conv3d(width, out_channels, 3, padding=1)
@@ -133,4 +150,4 @@ class Decoder3d(nn.Module):
             for block, attn in zip(level.blocks, level.attns):
                 h = attn(chunked.run(block, h, budget))
             h = chunked.run(level.up, h, budget)
-        return chunked.run(self.conv_out, h, budget, norm=self.norm_out)
+        return chunked.run(self.conv_out, h, budget, norm=self.norm_out, activate=self.activate_out)

@@ -14,12 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 AttentionLayout = Literal["global", "factorized"]
+# ``stcvq``: this project's VQGAN layout. ``reference``: the layout of the published BFVR-STC
+# checkpoints (their VQAutoEncoder3D), kept only so those weights compute what they were
+# trained to compute; see stcvq/reference.py for every difference.
+Layout = Literal["stcvq", "reference"]
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups (VQGAN's choice) or the largest divisor of ``channels`` below it."""
-    groups = math.gcd(32, channels)
-    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups (VQGAN's 32) or the largest divisor of ``channels`` below it."""
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6, affine=True)
 
 
 class ResBlock3d(nn.Module):
@@ -41,16 +44,25 @@ class ResBlock3d(nn.Module):
 
 
 class Downsample3d(nn.Module):
-    """Strided 3x3x3 conv: halves H and W, and T too when ``temporal`` (input T must be even)."""
+    """Strided 3x3x3 conv: halves H and W, and T too when ``temporal`` (input T must be even).
 
-    def __init__(self, channels: int, temporal: bool):
+    ``layout="reference"`` (the published checkpoints): a temporal downsample zero-pads one
+    frame, row and column at the END and convolves without padding (so output cell i reads
+    inputs 2i .. 2i + 2, not 2i - 1 .. 2i + 1); a spatial one is a (1, 3, 3) kernel."""
+
+    def __init__(self, channels: int, temporal: bool, layout: Layout = "stcvq"):
         super().__init__()
         self.temporal = temporal
+        self.pad_end = layout == "reference" and temporal
         stride = (2 if temporal else 1, 2, 2)
-        self.conv = nn.Conv3d(channels, channels, 3, stride=stride, padding=1)
+        if layout == "reference":
+            kernel, padding = ((3, 3, 3), 0) if temporal else ((1, 3, 3), (0, 1, 1))
+        else:
+            kernel, padding = 3, 1
+        self.conv = nn.Conv3d(channels, channels, kernel, stride=stride, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1, 0, 1)) if self.pad_end else x)
 
 
 class Upsample3d(nn.Module):
@@ -79,15 +91,18 @@ class SelfAttention3d(nn.Module):
     ``tokens`` says which latent positions attend to each other:
     ``global`` all t*h*w positions of a clip (the reference behaviour, cost grows with (t*h*w)^2);
     ``spatial`` the h*w positions of one latent frame; ``temporal`` the t frames at one position.
+    ``residual=False`` returns the attention output alone (the published checkpoints' TA).
     """
 
-    def __init__(self, channels: int, tokens: Literal["global", "spatial", "temporal"] = "global", heads: int = 1):
+    def __init__(self, channels: int, tokens: Literal["global", "spatial", "temporal"] = "global", heads: int = 1,
+                 norm_groups: int = 32, residual: bool = True):
         super().__init__()
         if channels % heads:
             raise ValueError(f"channels {channels} not divisible by heads {heads}")
         self.tokens = tokens
         self.heads = heads
-        self.norm = group_norm(channels)
+        self.residual = residual
+        self.norm = group_norm(channels, norm_groups)
         self.qkv = nn.Conv3d(channels, 3 * channels, 1)
         self.proj = nn.Conv3d(channels, channels, 1)
 
@@ -112,7 +127,8 @@ class SelfAttention3d(nn.Module):
         else:
             raise ValueError(f"unknown attention tokens {self.tokens!r}")
         out = F.linear(out.reshape(-1, c), self.proj.weight.flatten(1), self.proj.bias).reshape(b, t, h, w, c)
-        return x + out.permute(0, 4, 1, 2, 3)
+        out = out.permute(0, 4, 1, 2, 3)
+        return x + out if self.residual else out
 
 
 def attention_block(channels: int, layout: AttentionLayout, heads: int = 1) -> nn.Module:

@@ -53,8 +53,9 @@ def _channel_moments(x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.T
     return shift.flatten(1) + mean_deviation, squares / count - mean_deviation.square()
 
 
-def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor, chunk: int) -> Activation:
-    """SiLU(GroupNorm(.)) for slices of ``x`` along T, with ``x``'s whole-clip statistics.
+def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor, chunk: int, activate: bool = True) -> Activation:
+    """SiLU(GroupNorm(.)) (without ``activate``: GroupNorm(.)) for slices of ``x`` along T,
+    with ``x``'s whole-clip statistics.
 
     Written as x * scale + shift per channel, the form torch's CPU GroupNorm kernel uses."""
     b, c = x.shape[:2]
@@ -71,7 +72,7 @@ def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor, chunk: int) -> Activation:
         # In the maps' own dtype: a bf16 map times float32 factors takes torch's slow
         # mixed-dtype path (50x the time, 1 x 64 x 8 x 256^2); the result is bf16 either way.
         torch.addcmul(shift.to(frames.dtype), frames, scale.to(frames.dtype), out=out)
-        return F.silu(out, inplace=True)
+        return F.silu(out, inplace=True) if activate else out
 
     return apply
 
@@ -124,28 +125,32 @@ def _upsampled_input(x: torch.Tensor, time_scale: int) -> _ConvInput:
     return _ConvInput(x, x.shape[1], x.shape[2] * time_scale, (2 * h, 2 * w), write=write)
 
 
-def _conv_frames(conv: nn.Conv3d, source: _ConvInput, first: int, end: int) -> torch.Tensor:
-    """Output frames [first, end) of ``conv`` over ``source``."""
+def _conv_frames(conv: nn.Conv3d, source: _ConvInput, first: int, end: int, pad_end: bool = False) -> torch.Tensor:
+    """Output frames [first, end) of ``conv`` over ``source``; ``pad_end``: one zero row and
+    column after the map's last (frames past the end are zero already)."""
     kernel, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
     lo = first * stride - pad  # input frames the output frames read, padding included
     hi = (end - 1) * stride - pad + kernel
-    return F.conv3d(source.frames(lo, hi), conv.weight, conv.bias, (stride, *conv.stride[1:]), (0, *conv.padding[1:]))
+    frames = source.frames(lo, hi)
+    if pad_end:
+        frames = F.pad(frames, (0, 1, 0, 1))
+    return F.conv3d(frames, conv.weight, conv.bias, (stride, *conv.stride[1:]), (0, *conv.padding[1:]))
 
 
 def _chunked_conv(conv: nn.Conv3d, source: _ConvInput, chunk: int, out: torch.Tensor,
-                  add: Callable[[int, int], torch.Tensor] | None = None) -> torch.Tensor:
+                  add: Callable[[int, int], torch.Tensor] | None = None, pad_end: bool = False) -> torch.Tensor:
     """Fill ``out`` (B, C_out, T_out, H, W) chunk by chunk; ``add(first, end)`` is summed in."""
     for first in range(0, out.shape[2], chunk):
         end = min(first + chunk, out.shape[2])
-        frames = _conv_frames(conv, source, first, end)
+        frames = _conv_frames(conv, source, first, end, pad_end)
         if add is not None:
             frames += add(first, end)
         out[:, :, first:end] = frames
     return out
 
 
-def _out_size(conv: nn.Conv3d, size: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(size, conv.kernel_size, conv.stride, conv.padding))
+def _out_size(conv: nn.Conv3d, size: tuple[int, ...], pad_end: bool = False) -> tuple[int, ...]:
+    return tuple((n + 2 * p + pad_end - k) // s + 1 for n, k, s, p in zip(size, conv.kernel_size, conv.stride, conv.padding))
 
 
 def _empty(x: torch.Tensor, channels: int, size: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -160,11 +165,14 @@ def _conv_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def conv(conv: nn.Conv3d, x: torch.Tensor, chunk: int, norm: nn.GroupNorm | None = None) -> torch.Tensor:
-    """``conv(x)``, or ``conv(silu(norm(x)))`` with ``norm``, ``chunk`` output frames at a time."""
-    source = _activated_input(x, _norm_silu(norm, x, chunk)) if norm is not None else _plain_input(x)
-    out = _empty(x, conv.out_channels, _out_size(conv, x.shape[2:]), _conv_dtype(x))
-    return _chunked_conv(conv, source, chunk, out)
+def conv(conv: nn.Conv3d, x: torch.Tensor, chunk: int, norm: nn.GroupNorm | None = None, activate: bool = True,
+         pad_end: bool = False) -> torch.Tensor:
+    """``conv(x)``, or ``conv(silu(norm(x)))`` with ``norm`` (``conv(norm(x))`` without
+    ``activate``), ``chunk`` output frames at a time; ``pad_end``: x zero-padded by one at the
+    end of T, H and W first."""
+    source = _activated_input(x, _norm_silu(norm, x, chunk, activate)) if norm is not None else _plain_input(x)
+    out = _empty(x, conv.out_channels, _out_size(conv, x.shape[2:], pad_end), _conv_dtype(x))
+    return _chunked_conv(conv, source, chunk, out, pad_end=pad_end)
 
 
 def resblock(block: ResBlock3d, x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -202,20 +210,26 @@ def upsample(up: Upsample3d, x: torch.Tensor, chunk: int) -> torch.Tensor:
     source = _upsampled_input(x, int(up.scale[0]))
     out = _empty(x, up.conv.out_channels, (source.length, *source.size), _conv_dtype(x))
     return _chunked_conv(up.conv, source, chunk, out)
-def run(module: nn.Module, x: torch.Tensor, budget_bytes: int | None, norm: nn.GroupNorm | None = None) -> torch.Tensor:
-    """``module(x)`` (with ``norm``: ``module(silu(norm(x)))``, ``module`` a conv).
+def run(module: nn.Module, x: torch.Tensor, budget_bytes: int | None, norm: nn.GroupNorm | None = None,
+        activate: bool = True) -> torch.Tensor:
+    """``module(x)`` (with ``norm``: ``module(silu(norm(x)))``, or ``module(norm(x))`` without
+    ``activate``; ``module`` a conv).
 
     A ResBlock3d, Upsample3d, Downsample3d or Conv3d whose feature maps exceed
     ``budget_bytes`` runs in chunks of output frames that fit it, when no gradient is
     recorded; anything else runs whole."""
     chunk = frames_per_chunk(module, x, budget_bytes)
     if chunk is None:
-        return module(F.silu(norm(x))) if norm is not None else module(x)
+        if norm is None:
+            return module(x)
+        return module(F.silu(norm(x)) if activate else norm(x))
     if isinstance(module, ResBlock3d):
         return resblock(module, x, chunk)
     if isinstance(module, Upsample3d):
         return upsample(module, x, chunk)
-    return conv(module.conv if isinstance(module, Downsample3d) else module, x, chunk, norm)
+    if isinstance(module, Downsample3d):
+        return conv(module.conv, x, chunk, pad_end=module.pad_end)
+    return conv(module, x, chunk, norm, activate)
 
 
 def frames_per_chunk(module: nn.Module, x: torch.Tensor, budget_bytes: int | None) -> int | None:
@@ -231,7 +245,8 @@ def frames_per_chunk(module: nn.Module, x: torch.Tensor, budget_bytes: int | Non
         frames_out, frame_area = t * int(module.scale[0]), area * 4
     elif isinstance(module, (Downsample3d, nn.Conv3d)):
         conv = module.conv if isinstance(module, Downsample3d) else module
-        frames_out, frame_area = _out_size(conv, x.shape[2:])[0], area * conv.stride[0]  # input frames per output frame
+        pad_end = isinstance(module, Downsample3d) and module.pad_end
+        frames_out, frame_area = _out_size(conv, x.shape[2:], pad_end)[0], area * conv.stride[0]  # input frames per output frame
     else:
         return None
     channels = max(x.shape[1], *(m.out_channels for m in module.modules() if isinstance(m, nn.Conv3d)))

@@ -15,6 +15,11 @@ Position embeddings are learnable and factorised: one per spatial position of th
 from the latent grid the model is trained at. Meeting another grid is an error unless
 ``interpolate_positions`` is set, in which case the spatial table is resized bicubically (the
 reference code hard-coded 64x64 and failed at any other resolution).
+
+``layout="reference"`` is the published checkpoints' transformer (CodeFormer's
+TransformerSALayer stack): no input projection (tokens are the latent itself), the spatial
+position table added to the queries and keys of every layer instead of once to the tokens,
+and a logits head without bias; frame token layout only.
 """
 
 from __future__ import annotations
@@ -41,12 +46,17 @@ class LookupConfig:
     token_layout: Literal["frame", "clip"] = "frame"
     grid: tuple[int, int, int] = (12, 64, 64)  # latent (t, h, w) the position tables are sized for
     interpolate_positions: bool = False
+    layout: Literal["stcvq", "reference"] = "stcvq"
 
     def __post_init__(self):
         check(self.width % self.heads == 0, f"width {self.width} must divide into {self.heads} heads")
         check(self.layers >= 1 and self.codebook_size >= 2, "need >= 1 layer and >= 2 codes")
         check(self.token_layout in ("frame", "clip"), f"token_layout must be frame or clip, got {self.token_layout}")
         check(all(g >= 1 for g in self.grid), f"grid must be positive, got {self.grid}")
+        check(self.layout in ("stcvq", "reference"), f"layout must be stcvq or reference, got {self.layout!r}")
+        if self.layout == "reference":
+            check(self.width == self.latent_dim and self.token_layout == "frame",
+                  "the reference layout reads the latent as tokens: width == latent_dim, token_layout frame")
 
     @classmethod
     def paper(cls, task: str = "bfvr", **overrides) -> "LookupConfig":
@@ -68,9 +78,18 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, qk_position: torch.Tensor | None = None) -> torch.Tensor:
+        """``qk_position``: added to the normalised tokens for the queries and keys only (values
+        see the tokens alone), as CodeFormer's layers take their position embedding."""
         b, n, c = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = self.norm1(x)
+        if qk_position is None:
+            qkv = self.qkv(y)
+        else:
+            weight, bias = self.qkv.weight, self.qkv.bias
+            qkv = torch.cat([F.linear(y + qk_position, weight[: 2 * c], bias[: 2 * c]),
+                             F.linear(y, weight[2 * c :], bias[2 * c :])], dim=-1)
+        q, k, v = qkv.view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         attn = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.proj(attn.transpose(1, 2).reshape(b, n, c))
         return x + self.mlp(self.norm2(x))
@@ -83,7 +102,8 @@ class LookupTransformer(nn.Module):
         super().__init__()
         self.config = config
         t, h, w = config.grid
-        self.proj_in = nn.Linear(config.latent_dim, config.width)
+        self.reference = config.layout == "reference"
+        self.proj_in = nn.Identity() if self.reference else nn.Linear(config.latent_dim, config.width)
         self.spatial_position = nn.Parameter(torch.zeros(1, h * w, config.width))
         self.temporal_position = (
             nn.Parameter(torch.zeros(1, t, 1, config.width)) if config.token_layout == "clip" else None
@@ -92,7 +112,7 @@ class LookupTransformer(nn.Module):
             TransformerBlock(config.width, config.heads, config.ffn, config.dropout) for _ in range(config.layers)
         )
         self.norm_out = nn.LayerNorm(config.width)
-        self.head = nn.Linear(config.width, config.codebook_size)
+        self.head = nn.Linear(config.width, config.codebook_size, bias=not self.reference)
         nn.init.trunc_normal_(self.spatial_position, std=0.02)
         if self.temporal_position is not None:
             nn.init.trunc_normal_(self.temporal_position, std=0.02)
@@ -125,13 +145,18 @@ class LookupTransformer(nn.Module):
         b, d, t, h, w = latent.shape
         check(d == self.config.latent_dim, f"latent has {d} channels, transformer expects {self.config.latent_dim}")
         x = self.proj_in(latent.permute(0, 2, 3, 4, 1).reshape(b, t, h * w, d))
-        x = x + self.positions(t, h, w)
+        positions = self.positions(t, h, w)
+        qk_position = None
+        if self.reference:
+            qk_position = positions.reshape(1, h * w, -1)
+        else:
+            x = x + positions
         if self.config.token_layout == "frame":
             x = x.reshape(b * t, h * w, -1)
         else:
             x = x.reshape(b, t * h * w, -1)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, qk_position)
         logits = self.head(self.norm_out(x))  # (b*t, hw, N) or (b, thw, N)
         return logits.reshape(b, t, h, w, -1).permute(0, 4, 1, 2, 3)
 

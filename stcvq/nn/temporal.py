@@ -28,12 +28,31 @@ def temporal_residual(z: torch.Tensor, window: int = 1) -> torch.Tensor:
     return out
 
 
-class TemporalAttention(nn.Module):
-    """TA: x + attn_over_time(norm(x)) at every latent position."""
+def reference_stage2_residual(z: torch.Tensor) -> torch.Tensor:
+    """The motion residual of the published Stage II (CodeFormer3D), which is NOT along time.
 
-    def __init__(self, dim: int, heads: int = 1):
+    It permutes z (B, C, t, h, w) to (C, B, t, h, w), reads that memory as t rows, and takes
+    row r minus row r - 1 (row 0 -> zeros); the rows are then read back as (t, B, h, w, C) and
+    returned here as (B, C, t, h, w). Rows mix channels, frames and positions, so this is a
+    difference of unrelated values for every latent frame after the first. The published
+    weights were trained with it, so running them needs it; stcvq's own models never use it."""
+    b, c, t, h, w = z.shape
+    rows = z.permute(1, 0, 2, 3, 4).reshape(t, -1)
+    diff = torch.cat([torch.zeros_like(rows[:1]), rows[1:] - rows[:-1]])
+    return diff.reshape(t, b, h, w, c).permute(1, 4, 0, 2, 3)
+
+
+class TemporalAttention(nn.Module):
+    """TA: x + attn_over_time(norm(x)) at every latent position.
+
+    ``reference``: the published checkpoints' TA, GroupNorm with 16 groups and no residual add."""
+
+    def __init__(self, dim: int, heads: int = 1, reference: bool = False):
         super().__init__()
-        self.attn = SelfAttention3d(dim, "temporal", heads)
+        if reference:
+            self.attn = SelfAttention3d(dim, "temporal", heads, norm_groups=16, residual=False)
+        else:
+            self.attn = SelfAttention3d(dim, "temporal", heads)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.attn(z)
@@ -42,10 +61,10 @@ class TemporalAttention(nn.Module):
 class TemporalLatent(nn.Module):
     """z_T = TA(z) + Residual(z, window)."""
 
-    def __init__(self, dim: int, heads: int = 1, window: int = 1):
+    def __init__(self, dim: int, heads: int = 1, window: int = 1, reference: bool = False):
         super().__init__()
         self.window = window
-        self.attention = TemporalAttention(dim, heads)
+        self.attention = TemporalAttention(dim, heads, reference)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.attention(z) + temporal_residual(z, self.window)

@@ -53,6 +53,9 @@ class Stage1Config:
     residual_window: int = 1
     ta_heads: int = 1
     fusion: Literal["add", "conv", "fft3d"] = "add"
+    # stcvq: this project's VQGAN. reference: the published BFVR-STC checkpoints' layout
+    # (stcvq/reference.py lists the differences); only for running or fine-tuning those weights.
+    layout: Literal["stcvq", "reference"] = "stcvq"
 
     def __post_init__(self) -> None:
         check(len(self.ch_mult) >= 1, "ch_mult needs at least one level")
@@ -68,6 +71,7 @@ class Stage1Config:
         check(self.codebook_init in ("uniform", "normal") and self.codebook_init_std > 0,
               f"codebook_init must be uniform or normal (got {self.codebook_init!r}), codebook_init_std > 0")
         check(self.residual_window >= 1, "residual_window must be >= 1")
+        check(self.layout in ("stcvq", "reference"), f"layout must be stcvq or reference, got {self.layout!r}")
 
     @property
     def spatial_factor(self) -> int:
@@ -112,9 +116,11 @@ class Stage1Model(nn.Module):
         self.config = config
         c = config
         arch = dict(nf=c.nf, ch_mult=c.ch_mult, num_res_blocks=c.num_res_blocks, latent_dim=c.latent_dim,
-                    temporal_downsample=c.temporal_downsample, attn_layout=c.attn_layout, attn_heads=c.attn_heads)
+                    temporal_downsample=c.temporal_downsample, attn_layout=c.attn_layout, attn_heads=c.attn_heads,
+                    layout=c.layout)
+        self.reference = c.layout == "reference"
         self.encoder = Encoder3d(c.in_channels, **arch)
-        self.temporal = TemporalLatent(c.latent_dim, c.ta_heads, c.residual_window)
+        self.temporal = TemporalLatent(c.latent_dim, c.ta_heads, c.residual_window, reference=self.reference)
         vq = dict(beta=c.beta, regularizer=c.regularizer, reg_weight=c.reg_weight, reg_eps=c.reg_eps, reg_power=c.reg_power,
                   init=c.codebook_init, init_std=c.codebook_init_std)
         self.spatial_codebook = VectorQuantizer(c.num_codes_spatial, c.latent_dim, **vq)
@@ -131,7 +137,8 @@ class Stage1Model(nn.Module):
         crops back."""
         if x.ndim != 5 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"expected (B, {self.config.in_channels}, T, H, W), got {tuple(x.shape)}")
-        x = pad_clip(x * 2 - 1, self.config.temporal_factor, self.config.spatial_factor)
+        # the reference layout reads [0, 1] as it is; stcvq's centres it on zero
+        x = pad_clip(x if self.reference else x * 2 - 1, self.config.temporal_factor, self.config.spatial_factor)
         return self.encoder(x)
 
     def temporal_latent(self, z: torch.Tensor) -> torch.Tensor:
@@ -150,8 +157,9 @@ class Stage1Model(nn.Module):
         return self.fusion(self.spatial_codebook.lookup(indices_spatial), self.temporal_codebook.lookup(indices_temporal))
 
     def decode(self, z_q: torch.Tensor, size: tuple[int, int, int] | None = None) -> torch.Tensor:
-        """Latent -> clip in [0, 1] (not clamped); ``size`` = (T, H, W) crops the padding off."""
-        x = (self.decoder(z_q) + 1) / 2
+        """Latent -> clip in [0, 1] (not clamped; a sigmoid in the reference layout); ``size`` =
+        (T, H, W) crops the padding off."""
+        x = torch.sigmoid(self.decoder(z_q)) if self.reference else (self.decoder(z_q) + 1) / 2
         return crop_clip(x, size) if size is not None else x
 
     def forward(self, x: torch.Tensor) -> Stage1Output:
@@ -159,9 +167,9 @@ class Stage1Model(nn.Module):
         return Stage1Output(self.decode(q.z_q, tuple(x.shape[-3:])), q)
 
     # -- export -------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, provenance: dict | None = None) -> None:
         """``model.safetensors`` (all weights) + ``config.json``, each written atomically."""
-        save_model_folder(directory, self, MODEL_TYPE, to_dict(self.config))
+        save_model_folder(directory, self, MODEL_TYPE, to_dict(self.config), provenance)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "Stage1Model":
