@@ -64,10 +64,16 @@ def count_flops(model: torch.nn.Module, clips: torch.Tensor) -> int:
 
 
 def build_bench_model(profile: str, task: str, size: int | None, attention: str | None, token_layout: str | None):
-    """A randomly initialised Stage II model of ``profile`` at input side ``size``."""
+    """A randomly initialised Stage II model of ``profile`` at input side ``size``; profile
+    ``reference`` is the published checkpoints' network (its input side is fixed at 512)."""
     from stcvq.stage2 import Stage2Model, bench_config
 
-    config = bench_config(profile, task, size=size, attention=attention, token_layout=token_layout)
+    if profile == "reference":
+        from stcvq.reference import stage2_config
+
+        config = stage2_config(task)
+    else:
+        config = bench_config(profile, task, size=size, attention=attention, token_layout=token_layout)
     torch.manual_seed(0)
     return Stage2Model(config).eval()
 
@@ -82,13 +88,21 @@ def bench_enhance(
     dtype: str = "float32",
     device: str = "cpu",
     repeats: int = 1,
+    model_dir: str | None = None,
 ) -> dict:
-    """Enhance a synthetic ``frames``-long clip through the streaming path; one JSON-ready dict."""
-    model = build_bench_model(profile, task, size, attention, token_layout)
+    """Enhance a synthetic ``frames``-long clip through the streaming path; one JSON-ready dict.
+    ``model_dir``: the model folder's network and weights instead of a profile's."""
+    from stcvq.stage2 import Stage2Model
+
+    if model_dir is not None:
+        model = Stage2Model.from_pretrained(model_dir)
+        profile, task = f"model:{model_dir}", model.task
+    else:
+        model = build_bench_model(profile, task, size, attention, token_layout)
     size, length = model.size, model.clip_length
     frames = frames or length
     with torch.device("meta"):  # FLOPs of one window, without allocating anything
-        meta_model = build_bench_model(profile, task, size, attention, token_layout)
+        meta_model = Stage2Model(model.config).eval()
     window_flops = flops_by_op(meta_model, torch.zeros(1, 3, length, size, size, device="meta"))
     flops_per_window = sum(window_flops.values())
     del meta_model
@@ -128,6 +142,7 @@ def bench_enhance(
         "frames": written,
         "size": size,
         "clip_length": length,
+        "layout": model.config.stage1.layout,
         "attention": model.config.stage1.attn_layout,
         "token_layout": model.config.spatial.token_layout,
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -1,7 +1,8 @@
 """`stcvq` command line: enhance videos, and measure what enhancing costs.
 
     stcvq enhance INPUT -o OUTPUT --task bfvr|deflicker|deflicker-pixel [--model DIR]
-    stcvq bench enhance --profile paper|default --frames N --size S [--attention ...] [--dtype ...]
+    stcvq import-reference CKPT --task bfvr|deflicker|deflicker-pixel [-o DIR]   (or --download TASK, --stage1)
+    stcvq bench enhance --profile paper|default|reference --frames N --size S [--attention ...] [--dtype ...]
 """
 
 from __future__ import annotations
@@ -90,8 +91,39 @@ def _bench_enhance(args: argparse.Namespace) -> int:
     result = bench_enhance(
         profile=args.profile, task=args.task, frames=args.frames, size=args.size, attention=args.attention,
         token_layout=args.token_layout, dtype=args.dtype, device=resolve_device(args.device), repeats=args.repeats,
+        model_dir=args.model,
     )
     print(json.dumps(result), flush=True)
+    return 0
+
+
+def _import_reference(args: argparse.Namespace) -> int:
+    from stcvq import reference
+
+    if (args.checkpoint is None) == (args.download is None):
+        raise SystemExit("import-reference: give a checkpoint file or --download TASK (one of them)")
+    if args.download is not None:
+        from stcvq.download import DownloadError, fetch_release
+
+        task = args.download
+        try:
+            checkpoint = fetch_release(task)
+        except DownloadError as err:
+            raise SystemExit(str(err)) from None
+    else:
+        checkpoint, task = Path(args.checkpoint), args.task
+        if task is None and not args.stage1:
+            raise SystemExit("import-reference: --task bfvr|deflicker|deflicker-pixel (or --stage1) says what the file is")
+    out = Path(args.output or f"models/published-{'stage1' if args.stage1 else task}")
+    try:
+        if args.stage1:
+            reference.import_stage1_checkpoint(checkpoint, out)
+        else:
+            reference.import_checkpoint(checkpoint, task, out)
+    except reference.ReferenceCheckpointError as err:
+        raise SystemExit(str(err)) from None
+    kind = "Stage I" if args.stage1 else f"Stage II ({task})"
+    log.info("imported %s from %s into %s", kind, checkpoint, out)
     return 0
 
 
@@ -114,10 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--force", action="store_true", help="overwrite an existing output")
     enhance.set_defaults(run=_enhance)
 
+    imp = commands.add_parser("import-reference", help="import a published BFVR-STC checkpoint as an stcvq model folder")
+    imp.add_argument("checkpoint", nargs="?", help="a .pth file of the reference implementation")
+    imp.add_argument("--task", choices=TASKS, help="which published Stage II model the file is")
+    imp.add_argument("--stage1", action="store_true", help="the file is a reference Stage I (VQAutoEncoder3D)")
+    imp.add_argument("--download", choices=TASKS, metavar="TASK",
+                     help="fetch the published file of TASK into the user cache first (resumes a partial download)")
+    imp.add_argument("-o", "--output", help="model folder to write (default: models/published-TASK)")
+    imp.set_defaults(run=_import_reference)
+
     bench = commands.add_parser("bench", help="measure cost with random weights")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     be = bench_commands.add_parser("enhance", help="time enhancing a synthetic clip; prints one JSON object")
-    be.add_argument("--profile", choices=("paper", "default"), default="default")
+    be.add_argument("--profile", choices=("paper", "default", "reference"), default="default",
+                    help="reference: the published checkpoints' network (input fixed at 512^2)")
+    be.add_argument("--model", help="a model folder (e.g. an imported published model) instead of a profile")
     be.add_argument("--task", choices=TASKS, default="bfvr")
     be.add_argument("--frames", type=int, default=None, help="input frames (default: the model's clip length)")
     be.add_argument("--size", type=int, default=None, help="model input side (default: the profile's)")

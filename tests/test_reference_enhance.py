@@ -1,0 +1,104 @@
+"""`stcvq enhance` with an imported reference-layout model on real face video.
+
+The published network at 512^2 takes minutes per 24-frame window on a 2-core CPU (README,
+"Using the published models"), so these tests import a small network of the same layout
+(reference downsampling, sigmoid output, reference TA and Stage II residual, CodeFormer-style
+transformers) from a file in the reference's own format: the importer, the model folder,
+windowing, resizing, face crop and audio are the code paths the published models take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from reference_fixtures import rule_tensor
+from stcvq import reference, video
+from stcvq.cli import main
+from stcvq.nn.export import read_provenance
+from stcvq.nn.vqgan import Stage1Config
+from stcvq.stage2 import Stage2Config, Stage2Model
+
+
+def small_reference_config(task: str = "bfvr") -> Stage2Config:
+    stage1 = Stage1Config(layout="reference", nf=8, ch_mult=(1, 2, 2, 4), num_res_blocks=1, latent_dim=16,
+                          num_codes_spatial=32, num_codes_temporal=32, temporal_downsample=(True, False, False))
+    config = Stage2Config.build(stage1, task, clip_length=8, size=64, width=16, ffn=32, layers=1, heads=2)
+    return dataclasses.replace(config, motion_residual="reference",
+                               spatial=dataclasses.replace(config.spatial, layout="reference"),
+                               temporal=dataclasses.replace(config.temporal, layout="reference"))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """A reference-format checkpoint of the small network (weight rule), imported."""
+    root = tmp_path_factory.mktemp("reference")
+    config = small_reference_config()
+    with torch.device("meta"):
+        rules = reference.stage2_rules(Stage2Model(config))
+    state = {k: rule_tensor(k, s) for k, s in reference.expected_layout(rules).items()}
+    state["s_feat_emb.weight"] = torch.zeros(16, 16)  # stored by the published files, unused
+    path = root / "ckpt-small.pth"
+    torch.save({"params_ema": state}, path)
+    return reference.import_checkpoint(path, "bfvr", root / "model", config=config)
+
+
+def _with_audio(src, dst, frames: int, extra: list[str] = ()):
+    """The first ``frames`` frames of ``src`` with a 440 Hz AAC track of the same length."""
+    subprocess.run([video.ffmpeg_exe(), "-v", "error", "-y", "-i", str(src), "-f", "lavfi", "-i", "sine=frequency=440",
+                    "-frames:v", str(frames), *extra, "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-shortest", str(dst)], check=True)
+    return dst
+
+
+def _audio_seconds(path) -> float:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return float(stream.duration * stream.time_base) if stream.duration else float(container.duration / 1e6)
+
+
+def _check_kept(src, dst):
+    a, b = video.probe(src, count_frames=True), video.probe(dst, count_frames=True)
+    assert b.num_frames == a.num_frames
+    assert b.fps == pytest.approx(a.fps, rel=1e-3)
+    assert (b.width, b.height) == (a.width, a.height)
+    assert video.probe_has_audio(dst)
+    assert _audio_seconds(dst) == pytest.approx(_audio_seconds(src), abs=1 / a.fps)
+
+
+def test_imported_model_folder_loads_with_its_provenance(imported):
+    model = Stage2Model.from_pretrained(imported)
+    assert model.config.stage1.layout == "reference" and model.config.motion_residual == "reference"
+    provenance = read_provenance(imported)
+    assert provenance["source_file"] == "ckpt-small.pth"
+    assert provenance["dropped_keys"] == ["s_feat_emb.weight"]
+
+
+def test_enhance_512_video_longer_than_a_window(imported, tmp_path):
+    """512x512, 30 frames (windows of 8 with overlap), AAC audio: frame count, fps, audio kept."""
+    src = tmp_path / "square.mp4"
+    subprocess.run([video.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=512x512:rate=25",
+                    "-frames:v", "30", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp_path / "plain.mp4")], check=True)
+    _with_audio(tmp_path / "plain.mp4", src, 30)
+    dst = tmp_path / "out.mp4"
+    assert main(["enhance", str(src), "-o", str(dst), "--task", "bfvr", "--model", str(imported)]) == 0
+    _check_kept(src, dst)
+    frames = video.read_video(dst)
+    assert frames.std() > 1  # the sigmoid output is an image, not a constant
+
+
+@pytest.mark.parametrize("mode", [[], ["--face-crop"]])
+def test_enhance_carphone_non_square(imported, carphone_path, tmp_path, mode):
+    """carphone (176x144, a real face) whole-frame and with the face crop pasted back."""
+    src = _with_audio(carphone_path, tmp_path / "carphone.mp4", 30)
+    dst = tmp_path / "out.mp4"
+    assert main(["enhance", str(src), "-o", str(dst), "--task", "bfvr", "--model", str(imported), *mode]) == 0
+    _check_kept(src, dst)
+    if mode:  # pasted back: the corners, far from the face, keep the input
+        a, b = video.read_video(src).astype(float), video.read_video(dst).astype(float)
+        assert np.abs(a[:, :16, :16] - b[:, :16, :16]).mean() < 4
