@@ -163,7 +163,7 @@ def test_trace_means_and_stds():
     run = compute("bfvr")
     fixture, stats = run["fixture"], run["trace"].stats
     names = sorted({k.rsplit("/", 1)[0] for k in fixture if k.startswith("trace/")})
-    assert len(names) >= 45
+    assert len(names) == 47
     for name in names:
         mean, std = stats[name.removeprefix("trace/")]
         assert mean == pytest.approx(float(fixture[f"{name}/mean"]), abs=TOL), name
