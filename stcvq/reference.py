@@ -295,12 +295,13 @@ def import_checkpoint(path: str | Path, task: str, out_dir: str | Path, config: 
     return Path(out_dir)
 
 
-def import_stage1_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
+def import_stage1_checkpoint(path: str | Path, out_dir: str | Path, config: Stage1Config | None = None) -> Path:
     """Import a reference Stage I file (VQAutoEncoder3D: encoder, quantize, generator) as a
-    Stage I model folder (:meth:`Stage1Model.from_pretrained`), e.g. to train Stage II on it."""
+    Stage I model folder (:meth:`Stage1Model.from_pretrained`), e.g. to train Stage II on it.
+    ``config``: a reference-layout network other than the published one."""
     path = Path(path)
     state, entry = read_state_dict(path)
-    model = Stage1Model(stage1_config())
+    model = Stage1Model(config or stage1_config())
     rules = stage1_rules(model)
     dropped = check_layout(path, state, expected_layout(rules), allowed_unused=())
     _load(model, convert(state, rules))

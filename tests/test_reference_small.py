@@ -1,4 +1,5 @@
-"""`stcvq enhance` with an imported reference-layout model on real face video.
+"""Small networks of the reference layout: imported, run by `stcvq enhance` on real face video,
+and a reference Stage I imported to train an stcvq Stage II on.
 
 The published network at 512^2 takes minutes per 24-frame window on a 2-core CPU (README,
 "Using the published models"), so these tests import a small network of the same layout
@@ -102,3 +103,34 @@ def test_enhance_carphone_non_square(imported, carphone_path, tmp_path, mode):
     if mode:  # pasted back: the corners, far from the face, keep the input
         a, b = video.read_video(src).astype(float), video.read_video(dst).astype(float)
         assert np.abs(a[:, :16, :16] - b[:, :16, :16]).mean() < 4
+
+
+def test_train_stage2_on_an_imported_reference_stage1(tmp_path):
+    """A reference-format Stage I file becomes a Stage I folder that Stage II trains on with
+    stcvq's own transformers and residual along time; the imported parts stay frozen."""
+    from stcvq.nn.vqgan import Stage1Model
+    from stcvq.stage2 import Stage2TrainConfig, train_stage2
+    from stcvq.train import TensorClips, TrainConfig
+
+    stage1_config = small_reference_config().stage1
+    with torch.device("meta"):
+        rules = reference.stage1_rules(Stage1Model(stage1_config))
+    path = tmp_path / "vqgan.pth"
+    torch.save({"params_ema": {k: rule_tensor(k, s) for k, s in reference.expected_layout(rules).items()}}, path)
+    stage1 = Stage1Model.from_pretrained(reference.import_stage1_checkpoint(path, tmp_path / "stage1", stage1_config))
+
+    config = Stage2Config.build(stage1_config, "bfvr", clip_length=8, size=64, width=16, ffn=32, layers=1, heads=2)
+    assert config.motion_residual == "time" and config.spatial.layout == "stcvq"
+    g = torch.Generator().manual_seed(0)
+    hq = torch.rand(4, 3, 8, 64, 64, generator=g)
+    lq = (hq + 0.05 * torch.randn(hq.shape, generator=g)).clamp(0, 1)
+    cfg = Stage2TrainConfig(model=config, train=TrainConfig(steps=3, batch_size=2, ema_decay=0, num_samples=0,
+                                                           eval_every=1000, ckpt_every=1000, log_every=1000))
+    model, results = train_stage2(cfg, stage1, lambda member: TensorClips(hq, extra={"lq": lq}), tmp_path / "run")
+    trained = model.state_dict()
+    for key, value in stage1.state_dict().items():
+        if key.startswith("encoder."):
+            continue
+        assert torch.equal(trained[f"vqgan.{key}"], value), key  # frozen Stage I parts
+    assert not torch.equal(trained["vqgan.encoder.conv_in.weight"], stage1.state_dict()["encoder.conv_in.weight"])
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in results[-1].history if "loss" in h)
