@@ -65,13 +65,14 @@ def count_flops(model: torch.nn.Module, clips: torch.Tensor) -> int:
 
 def build_bench_model(profile: str, task: str, size: int | None, attention: str | None, token_layout: str | None):
     """A randomly initialised Stage II model of ``profile`` at input side ``size``; profile
-    ``reference`` is the published checkpoints' network (its input side is fixed at 512)."""
+    ``reference`` is the published checkpoints' network (trained at 512; random weights run at
+    any multiple of 8)."""
     from stcvq.stage2 import Stage2Model, bench_config
 
     if profile == "reference":
         from stcvq.reference import stage2_config
 
-        config = stage2_config(task)
+        config = stage2_config(task, size=size or 512)
     else:
         config = bench_config(profile, task, size=size, attention=attention, token_layout=token_layout)
     torch.manual_seed(0)

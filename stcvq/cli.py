@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     be = bench_commands.add_parser("enhance", help="time enhancing a synthetic clip; prints one JSON object")
     be.add_argument("--profile", choices=("paper", "default", "reference"), default="default",
-                    help="reference: the published checkpoints' network (input fixed at 512^2)")
+                    help="reference: the published checkpoints' network (trained at 512^2)")
     be.add_argument("--model", help="a model folder (e.g. an imported published model) instead of a profile")
     be.add_argument("--task", choices=TASKS, default="bfvr")
     be.add_argument("--frames", type=int, default=None, help="input frames (default: the model's clip length)")
