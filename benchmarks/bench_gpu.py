@@ -82,6 +82,9 @@ def main() -> int:
             for dtype in ("float32", "bf16", "fp16"):
                 run = bench_enhance("paper", "bfvr", 24, 512, attention, None, dtype, "cuda", repeats=3)
                 print(json.dumps({"check": "enhance", **run}), flush=True)
+        for dtype in ("float32", "bf16"):  # the published checkpoints' network
+            run = bench_enhance("reference", "bfvr", 24, 512, None, None, dtype, "cuda", repeats=3)
+            print(json.dumps({"check": "enhance_reference", **run}), flush=True)
     return 0
 
 
