@@ -82,7 +82,8 @@ def fetch_release(task: str, cache: Path | None = None, *, base_url: str = RELEA
 
 def download(url: str, dest: str | os.PathLike, *, timeout: float = 60.0, chunk_size: int = 1 << 20,
              progress: bool = True) -> Path:
-    """Download ``url`` to ``dest``, resuming ``<dest>.part`` when a previous run left one.
+    """Download ``url`` to ``dest`` (replacing it), resuming ``<dest>.part`` when a previous run
+    left one; :func:`fetch_release` is the entry point that reuses a cached file.
 
     ``timeout`` is per socket operation (connect, each read), not for the whole file."""
     dest = Path(dest)
