@@ -1,7 +1,9 @@
 """DVC stage `evaluate@<task>`: score the task's Stage II model on its test split.
 
 Usage: python -m pipeline.evaluate {bfvr|deflicker|deflicker-pixel}
-Reads params evaluate, models/stage2-<task>/ and data/shards/<task>/test-<task>.json. Writes
+Reads params evaluate, the model folder evaluate.tasks.<task>.model (models/stage2-<task> as
+committed) and data/shards/<task>/test-<task>.json, or the paired test set in
+evaluate.tasks.<task>.lq_dir / gt_dir when they are set. Writes
   metrics/<task>.json                          input / output metrics, null_reasons (same bytes every run)
   metrics/efficiency/<task>.json               seconds per clip, frames per second, device (a timing:
                                                kept apart so the file above only changes with results)
@@ -18,7 +20,8 @@ import torch
 
 from pipeline.common import load_params, setup_logging
 from stcvq.config import from_dict
-from stcvq.evaluate import EvaluateConfig, evaluate_task, frame_grid, profile_comparison, restore_clip, to_uint8_video, write_png
+from stcvq.evaluate import (EvaluateConfig, PairedTestSet, evaluate_task, frame_grid, paired_restorer, profile_comparison,
+                            restore_clip, to_uint8_video, write_png)
 from stcvq.io import write_json
 from stcvq.metrics import load_models
 from stcvq.shards import ClipDataset
@@ -30,24 +33,39 @@ def main(task: str) -> None:
     if task not in TASKS:
         raise SystemExit(f"unknown task {task!r}; known: {list(TASKS)}")
     cfg = from_dict(EvaluateConfig, load_params("evaluate")["evaluate"], where="params.yaml:evaluate")
-    model = Stage2Model.from_pretrained(Path("models") / f"stage2-{task}", map_location=cfg.device).eval()
+    chosen = cfg.task(task)
+    model = Stage2Model.from_pretrained(chosen.model, map_location=cfg.device).eval()
+    if model.task != task:
+        raise SystemExit(f"params.yaml:evaluate.tasks.{task}.model: {chosen.model} is a {model.task!r} model, not {task!r}")
     metric_models = load_models(lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net, raft_weights=cfg.raft_weights,
                                 arcface_weights=cfg.arcface_weights, i3d_weights=cfg.i3d_weights, device=cfg.device)
-    test_index = Path("data/shards") / task / f"test-{task}.json"
-    samples = ClipDataset(test_index, batch_size=None, shuffle=False, on_error="skip")
+    if chosen.lq_dir is not None:
+        try:
+            samples = PairedTestSet(chosen.lq_dir, chosen.gt_dir, chosen.frames or model.clip_length, chosen.size or model.size)
+        except ValueError as err:
+            raise SystemExit(f"params.yaml:evaluate.tasks.{task}: {err}") from None
+        restorer = paired_restorer(model, samples.frames, samples.size, cfg.device)
+        source = f"{chosen.lq_dir} + {chosen.gt_dir}"
+    else:
+        source = Path("data/shards") / task / f"test-{task}.json"
+        samples = ClipDataset(source, batch_size=None, shuffle=False, on_error="skip")
+        restorer = model
 
-    report = evaluate_task(model, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces, device=cfg.device)
-    report["skipped"] += [{"key": key, "error": "unreadable sample"} for key in samples.skipped]
+    report = evaluate_task(restorer, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces, device=cfg.device)
+    if isinstance(samples, PairedTestSet):
+        report["skipped"] += samples.skipped
+    else:
+        report["skipped"] += [{"key": key, "error": "unreadable sample"} for key in samples.skipped]
     write_json(Path("metrics") / "efficiency" / f"{task}.json", report.pop("efficiency"))
     write_json(Path("metrics") / f"{task}.json", report)
 
     # plot the most degraded clip (lowest input PSNR): a clean clip shows nothing to restore
     scored = [c for c in report["per_clip"] if c["input"].get("psnr") is not None] or report["per_clip"]
     if not scored:
-        raise SystemExit(f"{test_index}: no test clip could be scored: {report['skipped']}")
+        raise SystemExit(f"{source}: no test clip could be scored: {report['skipped']}")
     worst = min(scored, key=lambda c: c["input"].get("psnr") or 0.0)["key"]
     clip = next(s for s in samples if s["meta"].get("key") == worst)
-    restored, _ = restore_clip(model, clip["lq"], cfg.device)
+    restored, _ = restore_clip(restorer, clip["lq"], cfg.device)
     videos = [to_uint8_video(clip["lq"]), to_uint8_video(restored), to_uint8_video(clip["hq"])]
     plots = Path("plots") / f"evaluate-{task}"
     write_png(plots / "temporal_profile.png", profile_comparison(videos, cfg.profile_column))

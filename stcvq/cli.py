@@ -2,6 +2,7 @@
 
     stcvq enhance INPUT -o OUTPUT --task bfvr|deflicker|deflicker-pixel [--model DIR]
     stcvq import-reference CKPT --task bfvr|deflicker|deflicker-pixel [-o DIR]   (or --download TASK, --stage1)
+    stcvq evaluate --model DIR --lq LQ_DIR --gt GT_DIR -o FILE [--frames N] [--size S]
     stcvq bench enhance --profile paper|default|reference --frames N --size S [--attention ...] [--dtype ...]
 """
 
@@ -103,11 +104,11 @@ def _import_reference(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.download is None):
         raise SystemExit("import-reference: give a checkpoint file or --download TASK (one of them)")
     if args.download is not None:
-        from stcvq.download import DownloadError, fetch_release
+        from stcvq.download import RELEASE_BASE_URL, DownloadError, fetch_release
 
         task = args.download
         try:
-            checkpoint = fetch_release(task)
+            checkpoint = fetch_release(task, base_url=args.base_url or RELEASE_BASE_URL)
         except DownloadError as err:
             raise SystemExit(str(err)) from None
     else:
@@ -124,6 +125,31 @@ def _import_reference(args: argparse.Namespace) -> int:
         raise SystemExit(str(err)) from None
     kind = "Stage I" if args.stage1 else f"Stage II ({task})"
     log.info("imported %s from %s into %s", kind, checkpoint, out)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from stcvq.evaluate import evaluate_paired
+    from stcvq.io import write_json
+    from stcvq.metrics import load_models
+
+    device = resolve_device(args.device)
+    model = load_model(Path(args.model), device)
+    metric_models = load_models(lpips_weights=args.lpips_weights, lpips_net=args.lpips_net, raft_weights=args.raft_weights,
+                                arcface_weights=args.arcface_weights, i3d_weights=args.i3d_weights, device=device)
+    try:
+        report = evaluate_paired(model, args.lq, args.gt, metric_models, frames=args.frames, size=args.size,
+                                 max_clips=args.max_videos, faces=not args.no_faces, device=device)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    # the file has metrics/<task>.json's schema; timings vary run to run, so they go to stdout
+    efficiency = report.pop("efficiency")
+    write_json(args.output, report)
+    print(json.dumps({"output": args.output, "task": report["task"], "videos": report["clips"],
+                      "skipped": len(report["skipped"]), "efficiency": efficiency}), flush=True)
+    if not report["clips"]:
+        log.error("no pair could be scored: %s", report["skipped"])
+        return 1
     return 0
 
 
@@ -152,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--stage1", action="store_true", help="the file is a reference Stage I (VQAutoEncoder3D)")
     imp.add_argument("--download", choices=TASKS, metavar="TASK",
                      help="fetch the published file of TASK into the user cache first (resumes a partial download)")
+    imp.add_argument("--base-url", help="with --download: a mirror of the release assets (default: the GitHub release)")
     imp.add_argument("-o", "--output", help="model folder to write (default: models/published-TASK)")
     imp.set_defaults(run=_import_reference)
 
@@ -170,6 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"))
     be.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up on GPU (best is kept)")
     be.set_defaults(run=_bench_enhance)
+
+    ev = commands.add_parser("evaluate", help="score a model on a paired test set (degraded and ground-truth folders)")
+    ev.add_argument("--model", required=True, help="Stage II folder (model.safetensors + config.json)")
+    ev.add_argument("--lq", required=True, help="folder of degraded videos (or folders of frames)")
+    ev.add_argument("--gt", required=True, help="folder of ground-truth videos, matched to --lq by name")
+    ev.add_argument("-o", "--output", required=True, help="JSON report, the schema of metrics/<task>.json")
+    ev.add_argument("--frames", type=int, help="first frames scored per video (default: the model's clip length)")
+    ev.add_argument("--size", type=int, help="frames resized to SIZE x SIZE (default: the model's size)")
+    ev.add_argument("--max-videos", type=int, help="score only the first N pairs (by name)")
+    ev.add_argument("--no-faces", action="store_true", help="skip AKD / IDS / Face-Cons (dlib, the slow part on CPU)")
+    ev.add_argument("--lpips-weights", help="LPIPS weights (local path); without them LPIPS is null with a reason")
+    ev.add_argument("--lpips-net", default="alex")
+    ev.add_argument("--i3d-weights", help="TorchScript I3D for FVD; without it FVD is null with a reason")
+    ev.add_argument("--raft-weights", help="RAFT flow weights; without them OpenCV DIS")
+    ev.add_argument("--arcface-weights", help="ArcFace ONNX; without it the dlib face descriptor")
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    ev.set_defaults(run=_evaluate)
     return parser
 
 

@@ -7,6 +7,12 @@ model takes per clip. The result is one JSON-ready dict, ``metrics/<task>.json``
 
     report = evaluate_task(model, ClipDataset(index, batch_size=None, shuffle=False), load_models(), task="bfvr")
 
+A paired test set (the paper's Table 1 protocol: a folder of degraded videos and a folder of
+ground-truth videos matched by name, the first 24 frames of each at 512x512) is scored the same
+way, into the same JSON:
+
+    report = evaluate_paired(model, "vfhq-test/lq", "vfhq-test/gt", load_models())
+
 The plots of the paper's Figure 4 are :func:`temporal_profile` (one pixel column stacked over
 time) and :func:`frame_grid` (before/after frames), both uint8 RGB images; :func:`write_png`
 writes them atomically.
@@ -16,25 +22,48 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from stcvq.config import check
-from stcvq.enhance import ClipRestorer
+from stcvq.config import check, from_dict
+from stcvq.enhance import ClipRestorer, StreamConfig, restore_stream
 from stcvq.io import atomic_path
 from stcvq.metrics import FVDAccumulator, MetricModels, MetricResult, aggregate, device_description, video_metrics
+from stcvq.video import VIDEO_SUFFIXES, VideoError, read_frames
 
 log = logging.getLogger(__name__)
 
 SIDES = ("input", "output")
 # no-reference temporal metrics: the ground truth's own value is what a perfect output would score
 TEMPORAL = ("flow_score", "warping_error", "flicker_index")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateTaskConfig:
+    """params.yaml ``evaluate.tasks.<task>``: the model scored, and optionally a paired test set
+    (degraded and ground-truth folders, matched by name) instead of the pipeline's test shards."""
+
+    model: str  # a Stage II folder: models/stage2-<task>, or one written by `stcvq import-reference`
+    lq_dir: str | None = None
+    gt_dir: str | None = None
+    frames: int | None = None  # first frames scored per paired video; None: the model's clip_length
+    size: int | None = None  # paired videos resized to size x size; None: the model's size
+
+    def __post_init__(self) -> None:
+        check(bool(self.model), "model must name a Stage II folder")
+        check((self.lq_dir is None) == (self.gt_dir is None),
+              f"lq_dir and gt_dir go together, got lq_dir={self.lq_dir!r}, gt_dir={self.gt_dir!r}")
+        check(self.lq_dir is not None or (self.frames is None and self.size is None),
+              "frames and size apply to a paired test set only (set lq_dir and gt_dir)")
+        check(self.frames is None or self.frames >= 1, f"frames must be >= 1 or null, got {self.frames}")
+        check(self.size is None or self.size >= 1, f"size must be >= 1 or null, got {self.size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +81,22 @@ class EvaluateConfig:
     profile_column: float = 0.5  # temporal profile column, as a fraction of the width
     grid_frames: int = 4  # frames per row of the before/after grid
     device: str = "cpu"
+    tasks: dict[str, EvaluateTaskConfig] = dataclasses.field(default_factory=dict)  # absent: models/stage2-<task>
 
     def __post_init__(self) -> None:
+        from stcvq.stage2 import TASKS
+
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        check(not unknown, f"evaluate.tasks: unknown task(s) {unknown}; known: {list(TASKS)}")
+        object.__setattr__(self, "tasks", {
+            name: task if isinstance(task, EvaluateTaskConfig) else from_dict(EvaluateTaskConfig, task, where=f"evaluate.tasks.{name}")
+            for name, task in self.tasks.items()})
         check(self.max_clips is None or self.max_clips >= 1, f"evaluate.max_clips must be >= 1 or null, got {self.max_clips}")
         check(0.0 <= self.profile_column <= 1.0, f"evaluate.profile_column must be in [0, 1], got {self.profile_column}")
         check(self.grid_frames >= 1, f"evaluate.grid_frames must be >= 1, got {self.grid_frames}")
+
+    def task(self, name: str) -> EvaluateTaskConfig:
+        return self.tasks.get(name) or EvaluateTaskConfig(model=f"models/stage2-{name}")
 
 
 def to_uint8_video(clip: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -172,6 +212,174 @@ def evaluate_task(
     report["skipped"] = skipped
     report["per_clip"] = per_clip
     log.info("%s: %d clips scored, %d skipped", task, len(per_clip), len(skipped))
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# Paired test sets: degraded and ground-truth folders matched by name
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _natural_key(path: Path) -> list[int | str]:
+    # frame folders are often unpadded (1.png ... 10.png): 10 must come after 9
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _videos_by_name(folder: Path) -> dict[str, Path]:
+    """Video files (by stem) and frame folders (by name) directly inside ``folder``."""
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            found.setdefault(path.name, []).append(path)
+        elif path.suffix.lower() in VIDEO_SUFFIXES:
+            found.setdefault(path.stem, []).append(path)
+    twice = {name: [p.name for p in paths] for name, paths in found.items() if len(paths) > 1}
+    if twice:
+        raise ValueError(f"{folder}: more than one video with the same name: {twice}")
+    if not found:
+        raise ValueError(f"{folder}: no videos ({', '.join(sorted(VIDEO_SUFFIXES))}) or folders of frames")
+    return {name: paths[0] for name, paths in found.items()}
+
+
+def _listed(names: list[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def paired_videos(lq_dir: str | Path, gt_dir: str | Path) -> list[tuple[str, Path, Path]]:
+    """(name, degraded, ground truth) for every name in both folders, sorted by name. A name
+    in only one folder is an error listing them all: a test set scored on a silent subset is
+    not the test set."""
+    lq, gt = _videos_by_name(Path(lq_dir)), _videos_by_name(Path(gt_dir))
+    only_lq, only_gt = sorted(lq.keys() - gt.keys()), sorted(gt.keys() - lq.keys())
+    if only_lq or only_gt:
+        raise ValueError(f"{lq_dir} and {gt_dir} do not pair up by name: only in {lq_dir}: [{_listed(only_lq)}]; "
+                         f"only in {gt_dir}: [{_listed(only_gt)}]")
+    return [(name, lq[name], gt[name]) for name in sorted(lq)]
+
+
+def resize_square(frame: np.ndarray, size: int) -> np.ndarray:
+    if frame.shape[:2] == (size, size):
+        return frame
+    interp = cv2.INTER_AREA if frame.shape[0] * frame.shape[1] > size * size else cv2.INTER_CUBIC
+    return cv2.resize(frame, (size, size), interpolation=interp)
+
+
+def read_first_frames(path: Path, frames: int, size: int) -> np.ndarray:
+    """The first ``frames`` frames of a video file or of a folder of images (in natural name
+    order), each resized to ``size`` x ``size`` (the aspect ratio is not kept, as in the
+    paper's protocol): (frames, size, size, 3) uint8 RGB. Fewer frames is a ValueError."""
+    if path.is_dir():
+        images = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)[:frames]
+        raw = []
+        for image in images:
+            bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise VideoError(f"{image}: unreadable image")
+            raw.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    else:
+        raw = list(read_frames(path, stop=frames))
+    if len(raw) < frames:
+        raise ValueError(f"{path}: has {len(raw)} frames, fewer than the {frames} scored (pass fewer frames to score it)")
+    return np.stack([resize_square(frame, size) for frame in raw])
+
+
+def _as_clip(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255  # (3, T, H, W) in [0, 1]
+
+
+class PairedTestSet:
+    """:func:`evaluate_task`'s samples from a paired test set, read one pair at a time: the
+    first ``frames`` frames of each video at ``size`` x ``size``. A pair that cannot be read,
+    or is shorter than ``frames``, is left out and recorded in ``skipped`` (key, error) of the
+    latest pass, so every scored video has the same length."""
+
+    def __init__(self, lq_dir: str | Path, gt_dir: str | Path, frames: int, size: int):
+        if frames < 1 or size < 1:
+            raise ValueError(f"frames and size must be >= 1, got frames={frames}, size={size}")
+        self.frames, self.size = frames, size
+        self.pairs = paired_videos(lq_dir, gt_dir)
+        self.skipped: list[dict[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.skipped = []
+        for key, lq_path, gt_path in self.pairs:
+            try:
+                hq = read_first_frames(gt_path, self.frames, self.size)
+                lq = read_first_frames(lq_path, self.frames, self.size)
+            except (VideoError, ValueError) as err:
+                log.warning("%s skipped: %s", key, err)
+                self.skipped.append({"key": key, "error": str(err)})
+                continue
+            yield {"hq": _as_clip(hq), "lq": _as_clip(lq), "meta": {"key": key, "lq": str(lq_path), "gt": str(gt_path)}}
+
+
+class PairedRestorer:
+    """``model`` on clips of another layout: windows of the model's clip length, cross-faded
+    as in ``stcvq enhance``, when there are more frames; frames resized to the model's size and
+    back when the test set's size differs."""
+
+    def __init__(self, model: ClipRestorer, frames: int, size: int, device: str | torch.device = "cpu"):
+        self.model, self.clip_length, self.size = model, frames, size
+        self.stream = StreamConfig(device=str(device))
+
+    def restore(self, clips: torch.Tensor) -> torch.Tensor:
+        restored = []
+        for clip in clips:
+            frames = restore_stream(list(to_uint8_video(clip)), self.model, self._to_model, self._from_model, self.stream)
+            restored.append(_as_clip(np.stack(list(frames))))
+        return torch.stack(restored).to(clips.device)
+
+    def _to_model(self, frame: np.ndarray) -> np.ndarray:
+        return resize_square(frame, self.model.size)
+
+    def _from_model(self, restored: np.ndarray, original: np.ndarray) -> np.ndarray:
+        return resize_square(restored, self.size)
+
+
+def paired_restorer(model: ClipRestorer, frames: int, size: int, device: str | torch.device = "cpu") -> ClipRestorer:
+    """``model`` itself when its clip layout holds ``frames`` x ``size``^2 (one call per video,
+    as in the pipeline), else a :class:`PairedRestorer`."""
+    if frames <= model.clip_length and size == model.size:
+        return model
+    return PairedRestorer(model, frames, size, device)
+
+
+def evaluate_paired(
+    model: ClipRestorer,
+    lq_dir: str | Path,
+    gt_dir: str | Path,
+    models_for_metrics: MetricModels,
+    *,
+    task: str | None = None,
+    frames: int | None = None,
+    size: int | None = None,
+    max_clips: int | None = None,
+    faces: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """:func:`evaluate_task` on a paired test set: the first ``frames`` (default: the model's
+    clip length) frames of each video, resized to ``size`` (default: the model's size). The same
+    report, with unreadable and too-short pairs in ``skipped``. ``task`` defaults to the model's."""
+    frames = model.clip_length if frames is None else frames
+    size = model.size if size is None else size
+    task = task or getattr(model, "task", None)
+    if not task:
+        raise ValueError("evaluate_paired: the model has no task; pass task=")
+    if max_clips is not None and max_clips < 1:
+        raise ValueError(f"max_clips must be >= 1 or None, got {max_clips}")
+    samples = PairedTestSet(lq_dir, gt_dir, frames, size)
+    log.info("%s: %d pairs from %s and %s, first %d frames at %dx%d", task, len(samples), lq_dir, gt_dir, frames, size, size)
+    report = evaluate_task(paired_restorer(model, frames, size, device), samples, models_for_metrics,
+                           task=task, max_clips=max_clips, faces=faces, device=device)
+    report["skipped"] += samples.skipped
     return report
 
 

@@ -25,6 +25,9 @@ from stcvq.io import atomic_path
 log = logging.getLogger(__name__)
 
 
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"}
+
+
 class VideoError(RuntimeError):
     """A video cannot be read or written. The message names the file and the problem."""
 

@@ -272,3 +272,29 @@ def test_import_stage1_checkpoint(tmp_path):
     model.load_state_dict(reference.convert(rule_state_dict("bfvr"), reference.stage2_rules(model)))
     for key, value in stage1.state_dict().items():
         assert torch.equal(value, model.vqgan.state_dict()[key]), key
+
+
+def test_cli_downloads_from_a_local_server_then_imports(bfvr_file, tmp_path, monkeypatch):
+    """`stcvq import-reference --download bfvr` against 127.0.0.1: the file lands in the user
+    cache, and the imported folder records its SHA-256; a bad file is one line, exit status != 0."""
+    from test_download import Server
+
+    from stcvq.cli import main
+
+    monkeypatch.setenv("STCVQ_CACHE", str(tmp_path / "cache"))
+    server = Server({"/init/ckpt-bfvr.pth": bfvr_file.read_bytes()})
+    try:
+        out = tmp_path / "published-bfvr"
+        assert main(["import-reference", "--download", "bfvr", "--base-url", f"{server.base}/init/", "-o", str(out)]) == 0
+    finally:
+        server.close()
+    cached = tmp_path / "cache" / "ckpt-bfvr.pth"
+    assert cached.read_bytes() == bfvr_file.read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert config["provenance"]["source_sha256"] == reference.sha256_file(bfvr_file)
+    assert Stage2Model.from_pretrained(out).config.spatial.layout == "reference"
+    bad = tmp_path / "bad.pth"
+    bad.write_text("no")
+    with pytest.raises(SystemExit, match=rf"^{bad}: not a PyTorch checkpoint"):
+        main(["import-reference", str(bad), "--task", "bfvr", "-o", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
