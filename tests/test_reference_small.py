@@ -11,6 +11,7 @@ windowing, resizing, face crop and audio are the code paths the published models
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 
 import av
@@ -134,3 +135,18 @@ def test_train_stage2_on_an_imported_reference_stage1(tmp_path):
         assert torch.equal(trained[f"vqgan.{key}"], value), key  # frozen Stage I parts
     assert not torch.equal(trained["vqgan.encoder.conv_in.weight"], stage1.state_dict()["encoder.conv_in.weight"])
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in results[-1].history if "loss" in h)
+
+
+def test_evaluate_scores_an_imported_model_on_a_paired_set(imported, carphone_path, tmp_path):
+    """`stcvq evaluate --model <imported>`: carphone as ground truth, a degraded copy as input."""
+    for side, extra in (("gt", []), ("lq", ["-vf", "scale=44:36,scale=176:144"])):
+        (tmp_path / side).mkdir()
+        subprocess.run([video.ffmpeg_exe(), "-v", "error", "-y", "-i", str(carphone_path), "-frames:v", "8", *extra,
+                        "-c:v", "libx264", "-crf", "30", "-pix_fmt", "yuv420p", str(tmp_path / side / "carphone.mp4")],
+                       check=True)
+    out = tmp_path / "scores.json"
+    assert main(["evaluate", "--model", str(imported), "--lq", str(tmp_path / "lq"), "--gt", str(tmp_path / "gt"),
+                 "-o", str(out), "--no-faces"]) == 0
+    report = json.loads(out.read_text())
+    assert report["task"] == "bfvr" and report["clips"] == 1
+    assert report["output"]["psnr"] is not None and report["output"]["psnr"] != report["input"]["psnr"]
