@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence
 
@@ -310,6 +311,7 @@ class EnhanceReport:
     audio: bool
     framing: str  # "face" or "whole": what ran
     framing_reason: str
+    face_square: tuple[int, int, int] | None  # (x0, y0, side) enhanced and pasted back, for face-crop
     timing: str  # "constant" (frame i at i / fps) or "variable" (each input timestamp kept)
 
 
@@ -339,7 +341,7 @@ def enhance_file(
     # input is written at its rate measured from the timestamps (the container's average
     # rate can be off, e.g. after frames were selected with -fps_mode vfr).
     times = video.frame_times(src)
-    rate = times.regular_rate() if times is not None else None
+    rate = times.regular_rate(Fraction(info.fps_fraction) or None) if times is not None else None
     variable = times is not None and rate is None and len(times.pts) > 1
     started = time.perf_counter()
     bar = tqdm(total=info.num_frames or None, unit="frame", desc=src.name, disable=not progress)
@@ -367,5 +369,6 @@ def enhance_file(
         input=str(src), output=str(dst), frames=written_frames, seconds=seconds, frames_per_second=fps,
         fps=written.fps_fraction, width=written.width, height=written.height, audio=written.has_audio,
         framing="face" if isinstance(framing, FaceCrop) else "whole", framing_reason=reason,
+        face_square=(framing.x0, framing.y0, framing.side) if isinstance(framing, FaceCrop) else None,
         timing="variable" if variable else "constant",
     )

@@ -105,13 +105,17 @@ class FrameTimes:
     pts: tuple[int, ...]
     time_base: Fraction
 
-    def regular_rate(self) -> Fraction | None:
+    def regular_rate(self, declared: Fraction | None = None) -> Fraction | None:
         """The frame rate when consecutive frames are evenly spaced (one tick of rounding
-        allowed), None when they are not or there are fewer than two frames."""
+        allowed), None when they are not or there are fewer than two frames. It is the
+        ``declared`` rate (the container's) when that puts the last frame within one tick of
+        where it is, else the rate measured from the timestamps."""
         steps = np.diff(np.asarray(self.pts, dtype=np.int64))
         if len(steps) == 0 or steps.min() <= 0 or steps.max() - steps.min() > 1:
             return None
         span = Fraction(int(self.pts[-1] - self.pts[0])) * self.time_base
+        if declared and abs(len(steps) / declared - span) <= self.time_base:
+            return declared
         return (len(steps) / span).limit_denominator(1001)  # exact for 30000/1001, 25/3, ...
 
 
