@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -336,9 +337,10 @@ class _TimedSink:
 
 
 def _one_line(stderr: str, tmp: Path, path: Path) -> str:
-    """ffmpeg's complaint as one line, naming the output rather than its hidden temp file."""
-    lines = [line.strip().replace(str(tmp), str(path)) for line in stderr.splitlines() if line.strip()]
-    return "; ".join(lines) or "no message"
+    """ffmpeg's first complaint (the cause; the lines after it say how it unwound), naming
+    the output rather than its hidden temp file, without ffmpeg's "[muxer @ 0x...]" tag."""
+    lines = [re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*", "", line.strip()) for line in stderr.splitlines() if line.strip()]
+    return lines[0].replace(str(tmp), str(path)) if lines else "no message"
 
 
 def probe_has_audio(path: str | Path) -> bool:
