@@ -327,10 +327,10 @@ def enhance_file(
     """Enhance one video file into ``dst`` (written atomically), keeping frame count, timing,
     size and audio."""
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not force:
-        raise FileExistsError(f"{dst}: exists; pass --force to overwrite")
     if src.resolve() == dst.resolve():
         raise ValueError(f"{dst}: output would overwrite its own input")
+    if dst.exists() and not force:
+        raise FileExistsError(f"{dst}: exists; pass --force to overwrite")
     info = video.probe(src)
     framing, reason = choose_framing(src, info, model.size, config)
     log.info("%s: %s", src, reason)
@@ -338,8 +338,8 @@ def enhance_file(
     # constant-rate at its average rate, because duplicating or dropping frames to hit a
     # constant rate would change the frame count and put repeated frames through the
     # temporal model; kept timestamps keep the copied audio in sync as well. A constant-rate
-    # input is written at its rate measured from the timestamps (the container's average
-    # rate can be off, e.g. after frames were selected with -fps_mode vfr).
+    # input is written at the rate its timestamps show: the container's average rate can be
+    # off, e.g. after frames were selected with -fps_mode vfr.
     times = video.frame_times(src)
     rate = times.regular_rate(Fraction(info.fps_fraction) or None) if times is not None else None
     variable = times is not None and rate is None and len(times.pts) > 1
