@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from stcvq import video
-from stcvq.cli import embedded_default_notice, main
+from stcvq.cli import _enhance_jobs, embedded_default_notice, main
 from stcvq.enhance import StreamConfig, enhance_file
 from stcvq.stage2 import Stage2Config, Stage2Model, default_config
 
@@ -122,8 +122,9 @@ def test_face_crop_enhances_the_real_face_and_leaves_the_rest(tmp_path, clips, m
     assert diff[inside].mean() > 10  # the face went through the (random) model
 
 
-def test_whole_frame_runs_the_model_on_every_pixel(tmp_path, clips, model):
-    src, dst = clips["carphone"], tmp_path / "out.mp4"
+@pytest.mark.parametrize("name", ["carphone", "carphone_x4"])
+def test_whole_frame_runs_the_model_on_every_pixel(tmp_path, clips, model, name):
+    src, dst = clips[name], tmp_path / "out.mp4"
     report = enhance_file(src, dst, model, StreamConfig(framing="whole"), progress=False)
     assert report.framing == "whole" and report.framing_reason == "whole-frame (asked)"
     _assert_kept(src, dst)
@@ -210,6 +211,19 @@ def test_folder_with_one_bad_file_writes_the_good_ones_and_says_so(tmp_path, cli
     notice = [line for line in proc.stderr.splitlines() if "embedded default" in line]
     assert len(notice) == 1 and "stcvq import-reference --download bfvr" in notice[0]
     assert '"Using the published models"' in notice[0]
+
+
+def test_folder_outputs_keep_names_where_the_container_holds_h264(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.webm", "b.MKV", "c.mp4", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    jobs, problem = _enhance_jobs(folder, tmp_path / "out")
+    assert problem is None
+    assert [(s.name, d.name) for s, d in jobs] == [("a.webm", "a.mp4"), ("b.MKV", "b.MKV"), ("c.mp4", "c.mp4")]
+    (folder / "a.mp4").write_bytes(b"")
+    _, problem = _enhance_jobs(folder, tmp_path / "out")
+    assert problem == f"{folder}: several inputs would be written as a.mp4; rename them"
 
 
 def test_embedded_default_notice_only_for_embedded_scale_models(model, model_dir):
