@@ -6,7 +6,7 @@ mode, every skipped video with its reason).
 
 from __future__ import annotations
 
-from pipeline.common import load_params, setup_logging
+from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.clips import ClipConfig, plan_clips, read_manifest
 from stcvq.config import from_dict
 from stcvq.io import atomic_path, write_json
@@ -29,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

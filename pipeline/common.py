@@ -10,9 +10,11 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
+
+from stcvq.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = ROOT / "params.yaml"
@@ -44,3 +46,13 @@ def is_main_process() -> bool:
     """False on every torchrun process but rank 0: only rank 0 exports models and metrics
     (the others would race it deleting and rewriting the same folders)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_stage(main: Callable[..., Any], *args: Any) -> None:
+    """Run a stage's ``main``. A bad params.yaml value (ConfigError, raised before any work)
+    is one line on stderr naming the parameter, and exit status 2, not a traceback."""
+    try:
+        main(*args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

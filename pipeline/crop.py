@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.common import load_params, setup_logging
+from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
 from stcvq.curate import CropConfig, run_crop, read_manifest, summary, write_manifest
 
@@ -21,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

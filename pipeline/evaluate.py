@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.common import load_params, setup_logging
+from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
 from stcvq.evaluate import (EvaluateConfig, PairedTestSet, evaluate_task, frame_grid, paired_restorer, profile_comparison,
                             restore_clip, to_uint8_video, write_png)
@@ -78,4 +78,4 @@ if __name__ == "__main__":
     torch.set_num_threads(2)
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
-    main(sys.argv[1])
+    run_stage(main, sys.argv[1])

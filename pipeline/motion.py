@@ -3,7 +3,7 @@ metrics/curation.json (kept, dropped, count per reason)."""
 
 from __future__ import annotations
 
-from pipeline.common import load_params, setup_logging
+from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
 from stcvq.curate import MotionConfig, run_motion, read_manifest, summary, write_manifest
 from stcvq.io import write_json
@@ -25,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.common import is_main_process, load_params, setup_logging
+from pipeline.common import is_main_process, load_params, run_stage, setup_logging
 from stcvq.config import from_dict
 from stcvq.data import ShardClips, shard_batches
 from stcvq.io import write_json
@@ -65,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

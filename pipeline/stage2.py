@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.common import is_main_process, load_params, setup_logging
+from pipeline.common import is_main_process, load_params, run_stage, setup_logging
 from stcvq.config import from_dict, to_dict
 from stcvq.data import ShardClips, has_member, shard_batches
 from stcvq.io import write_json
@@ -89,4 +89,4 @@ def main(task: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
-    main(sys.argv[1])
+    run_stage(main, sys.argv[1])

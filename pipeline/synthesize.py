@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.common import load_params, setup_logging
+from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
 from stcvq.degrade import TASKS, SynthesisConfig, WeightsUnavailable
 from stcvq.io import write_json
@@ -55,4 +55,4 @@ def main(task: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
-    main(sys.argv[1])
+    run_stage(main, sys.argv[1])

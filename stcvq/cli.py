@@ -1,6 +1,6 @@
 """`stcvq` command line: enhance videos, and measure what enhancing costs.
 
-    stcvq enhance INPUT -o OUTPUT --task bfvr|deflicker|deflicker-pixel [--model DIR]
+    stcvq enhance INPUT -o OUTPUT --task bfvr|deflicker|deflicker-pixel [--model DIR] [--face-crop|--whole-frame]
     stcvq import-reference CKPT --task bfvr|deflicker|deflicker-pixel [-o DIR]   (or --download TASK, --stage1)
     stcvq evaluate --model DIR --lq LQ_DIR --gt GT_DIR -o FILE [--frames N] [--size S]
     stcvq bench enhance --profile paper|default|reference --frames N --size S [--attention ...] [--dtype ...]
@@ -18,7 +18,33 @@ from pathlib import Path
 
 TASKS = ("bfvr", "deflicker", "deflicker-pixel")
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"}
+# Containers ffmpeg muxes H.264 into (with the input's audio copied); a folder input's other
+# videos (.webm, .flv, ...) are written as NAME.mp4.
+OUTPUT_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
 log = logging.getLogger("stcvq")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line; the usage itself is one --help away."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_range(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high]; argparse names the option in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"must be {f'in {low}..{high}' if high is not None else f'>= {low}'}, got {value}")
+        return value
+
+    return parse
 
 
 def resolve_device(name: str) -> str:
@@ -46,42 +72,79 @@ def load_model(model_dir: Path, device: str):
             f"{model_dir}: no trained model here (needs config.json and model.safetensors); "
             "train one with `dvc repro` or pass --model DIR"
         )
-    return Stage2Model.from_pretrained(model_dir).to(device).eval()
+    try:
+        return Stage2Model.from_pretrained(model_dir).to(device).eval()
+    except (ValueError, OSError, RuntimeError) as err:  # ConfigError is a ValueError
+        raise SystemExit(f"{model_dir}: not a usable Stage II model: {str(err).splitlines()[0]}") from None
+
+
+def embedded_default_notice(model, model_dir: Path) -> str | None:
+    """One line for a model at the embedded default's scale (the pipeline's own 64x64 faces
+    from one video): on a real video it gives a blur, and users should know why."""
+    from stcvq.nn.export import read_provenance
+
+    if model.size > 64 or read_provenance(model_dir) is not None:  # larger, or imported weights
+        return None
+    return (f"{model_dir} is a {model.size}x{model.size} model at the embedded default's scale (trained on one "
+            f"video): expect a blur, not a restoration; for real videos use a published model "
+            f"(`stcvq import-reference --download {model.task}`, README \"Using the published models\")")
+
+
+def _enhance_jobs(src: Path, dst: Path) -> tuple[list[tuple[Path, Path]], str | None]:
+    """(input, output) pairs, or a usage problem found before any work."""
+    if src.is_dir():
+        if dst.exists() and not dst.is_dir():
+            return [], f"-o {dst}: exists and is not a folder (a folder input needs an output folder)"
+        inputs = [p for p in sorted(src.iterdir()) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+        if not inputs:
+            return [], f"{src}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))})"
+        jobs = [(p, dst / (p.name if p.suffix.lower() in OUTPUT_SUFFIXES else f"{p.stem}.mp4")) for p in inputs]
+        names = [out.name for _, out in jobs]
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:
+            return [], f"{src}: several inputs would be written as {', '.join(clashes)}; rename them"
+        return jobs, None
+    if not src.exists():
+        return [], f"{src}: no such file or folder"
+    if dst.is_dir():
+        return [], f"-o {dst}: is a folder; name the output file (e.g. {dst / src.with_suffix('.mp4').name})"
+    if dst.suffix.lower() not in OUTPUT_SUFFIXES:
+        return [], f"-o {dst}: cannot write H.264 video as {dst.suffix or 'a file without extension'}; use {', '.join(OUTPUT_SUFFIXES)}"
+    return [(src, dst)], None
 
 
 def _enhance(args: argparse.Namespace) -> int:
     from stcvq.enhance import StreamConfig, enhance_file
+    from stcvq.faces import FaceModelError
     from stcvq.video import VideoError
 
+    jobs, problem = _enhance_jobs(Path(args.input), Path(args.output))
+    if problem:
+        print(f"stcvq enhance: error: {problem}", file=sys.stderr)
+        return 2
     device = resolve_device(args.device)
     model_dir = Path(args.model or f"models/stage2-{args.task}")
     model = load_model(model_dir, device)
     if getattr(model, "task", args.task) not in (None, args.task):
         raise SystemExit(f"{model_dir}: this model was trained for task '{model.task}', not '{args.task}'")
+    notice = embedded_default_notice(model, model_dir)
+    if notice:
+        log.warning("%s", notice)
     dtype = args.dtype or ("bf16" if device == "cuda" else "float32")
     config = StreamConfig(
         overlap=args.overlap, batch_size=args.batch_size, device=device, dtype=dtype, crf=args.crf,
-        face_crop=args.face_crop,
+        framing=args.framing,
     )
-    src, dst = Path(args.input), Path(args.output)
-    if src.is_dir():
-        jobs = [(p, dst / p.name) for p in sorted(src.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
-        if not jobs:
-            raise SystemExit(f"{src}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
-    else:
-        if not src.exists():
-            raise SystemExit(f"{src}: no such file")
-        jobs = [(src, dst)]
     failed = []
     for job_src, job_dst in jobs:
         try:
             report = enhance_file(job_src, job_dst, model, config, force=args.force)
             print(json.dumps(vars(report)), flush=True)
-        except (VideoError, FileExistsError, ValueError) as err:
-            log.error("%s", err)
+        except (VideoError, FaceModelError, OSError, ValueError) as err:  # one video's problem: report, go on
+            log.error("%s", str(err).replace("\n", " "))
             failed.append((str(job_src), str(err)))
     if failed:
-        log.error("%d of %d videos failed", len(failed), len(jobs))
+        log.error("%d of %d videos failed: %s", len(failed), len(jobs), ", ".join(src for src, _ in failed))
         return 1
     return 0
 
@@ -154,7 +217,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stcvq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="stcvq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -165,10 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--model", help="trained Stage II folder (default: models/stage2-TASK)")
     enhance.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     enhance.add_argument("--dtype", choices=("float32", "bf16", "fp16"), help="default: bf16 on CUDA, else float32")
-    enhance.add_argument("--face-crop", action="store_true", help="enhance a tracked face square, paste it back")
-    enhance.add_argument("--overlap", type=int, default=4, help="frames blended between windows (default 4)")
-    enhance.add_argument("--batch-size", type=int, default=1, help="windows per model call")
-    enhance.add_argument("--crf", type=int, default=15, help="x264 quality of the output (default 15)")
+    framing = enhance.add_mutually_exclusive_group()
+    framing.add_argument("--face-crop", dest="framing", action="store_const", const="face",
+                         help="enhance the tracked face square and paste it back")
+    framing.add_argument("--whole-frame", dest="framing", action="store_const", const="whole",
+                         help="enhance the whole frame (for videos that already are face crops)")
+    enhance.set_defaults(framing="auto")  # face-crop when a face covers under half the frame, else whole-frame
+    enhance.add_argument("--overlap", type=_int_range(0), default=4, help="frames blended between windows (default 4)")
+    enhance.add_argument("--batch-size", type=_int_range(1), default=1, help="windows per model call")
+    enhance.add_argument("--crf", type=_int_range(0, 51), default=15, help="x264 quality of the output, 0..51 (default 15)")
     enhance.add_argument("--force", action="store_true", help="overwrite an existing output")
     enhance.set_defaults(run=_enhance)
 

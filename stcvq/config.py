@@ -97,6 +97,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str | None
         return cls(**kwargs)
     except TypeError as err:  # a required field without default is missing
         raise ConfigError(f"{where}: {err}") from None
+    except ConfigError as err:  # a range check of __post_init__: say where the value came from
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

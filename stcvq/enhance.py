@@ -11,8 +11,14 @@ Two framings map a video frame to the model's square input and back:
 
 * whole-frame: reflect-pad the frame to a square (keeps the aspect ratio), resize to the
   model size, and invert both steps on the way back;
-* face-crop: one stable square face box for the whole video (dlib, on sampled frames), the
-  crop is enhanced and pasted back with a feathered mask.
+* face-crop: one stable square face box for the whole video, found exactly as the pipeline's
+  ``crop`` stage finds the training crops (dlib on sampled frames, the dominant face track,
+  enlarged x1.3); the crop is enhanced and pasted back with a feathered mask.
+
+The models are trained on face crops, so a scene with a small face needs face-crop, while a
+video that already is a face crop needs whole-frame. ``framing="auto"`` (the default) picks
+face-crop when a face is found and its square covers less than ``face_max_fraction`` of the
+frame, whole-frame otherwise, and logs which and why.
 
 The model is anything with ``clip_length``, ``size`` and ``restore(clips)`` (see
 :class:`ClipRestorer`), so this module does not depend on how Stage II is built.
@@ -25,8 +31,9 @@ import contextlib
 import dataclasses
 import logging
 import time
+from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -54,14 +61,19 @@ class StreamConfig:
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bf16 | fp16 (autocast)
     crf: int = 15  # x264 quality of the written output
-    face_crop: bool = False
-    face_enlarge: float = 1.3  # face box enlargement for --face-crop
+    framing: Literal["auto", "face", "whole"] = "auto"  # face-crop, whole-frame, or chosen per video
+    face_enlarge: float = 1.3  # face square side / face track box side (the crop stage's)
+    face_max_fraction: float = 0.5  # auto: face-crop only when the face square covers less of the frame
     feather: float = 0.1  # feathered border of the pasted crop, as a fraction of its side
 
     def __post_init__(self):
         check(self.overlap >= 0, f"overlap must be >= 0, got {self.overlap}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.dtype in ("float32", "bf16", "fp16"), f"dtype must be float32, bf16 or fp16, got {self.dtype}")
+        check(0 <= self.crf <= 51, f"crf must be in 0..51 (x264), got {self.crf}")
+        check(self.framing in ("auto", "face", "whole"), f"framing must be auto, face or whole, got {self.framing!r}")
+        check(self.face_enlarge >= 1.0, f"face_enlarge must be >= 1, got {self.face_enlarge}")
+        check(0 < self.face_max_fraction <= 1, f"face_max_fraction must be in (0, 1], got {self.face_max_fraction}")
         check(0 <= self.feather < 0.5, f"feather must be in [0, 0.5), got {self.feather}")
 
 
@@ -119,22 +131,46 @@ class FaceCrop:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def stable_face_box(path: Path, info: video.VideoInfo, enlarge: float, samples: int = 16) -> tuple[int, int, int]:
-    """One square box covering the face on evenly sampled frames, enlarged, inside the frame."""
-    from stcvq import faces
+@dataclasses.dataclass(frozen=True)
+class FaceSearch:
+    box: tuple[int, int, int] | None  # (x0, y0, side) of the stable face square; None: no face
+    face_frames: int  # sampled frames on the face track
+    sampled_frames: int
 
-    _, frames = video.read_sampled(path, samples, info.num_frames)
-    boxes = [b for frame in frames for b in faces.detect_faces(frame)[:1]]
-    if not boxes:
-        raise video.VideoError(f"{path}: --face-crop found no face on {len(frames)} sampled frames")
-    arr = np.array([[b[0], b[1], b[2], b[3]] for b in boxes], dtype=np.float64)
-    x0, y0 = arr[:, 0].min(), arr[:, 1].min()
-    x1, y1 = arr[:, 2].max(), arr[:, 3].max()
-    side = min(int(round(max(x1 - x0, y1 - y0) * enlarge)), info.width, info.height)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    left = int(np.clip(round(cx - side / 2), 0, info.width - side))
-    top = int(np.clip(round(cy - side / 2), 0, info.height - side))
-    return left, top, side
+
+def find_face_square(path: Path, info: video.VideoInfo, enlarge: float) -> FaceSearch:
+    """The square the pipeline's crop stage would cut from this video (its default settings):
+    the dominant face track on evenly sampled frames, enlarged and kept inside the frame. No
+    face when the track covers fewer sampled frames than the crop stage requires."""
+    from stcvq.curate.crop import CropConfig, crop_box_from_track, detect_in_frame, face_track
+
+    config = CropConfig(enlarge=enlarge)
+    indices, frames = video.read_sampled(path, config.sample_frames, info.num_frames)
+    track = face_track([(i, detect_in_frame(f, config)) for i, f in zip(indices, frames)], config.max_track_jump)
+    if not track or len(track) < config.min_face_frames * len(indices):
+        return FaceSearch(None, len(track), len(indices))
+    _, (x0, y0, x1, _) = crop_box_from_track([b for _, b in track], info.width, info.height, enlarge)
+    return FaceSearch((x0, y0, x1 - x0), len(track), len(indices))
+
+
+def choose_framing(path: Path, info: video.VideoInfo, size: int, config: StreamConfig) -> tuple[WholeFrame | FaceCrop, str]:
+    """The framing of ``path`` under ``config.framing``, and why, in words for the log."""
+    if config.framing == "whole":
+        return WholeFrame(info.height, info.width, size), "whole-frame (asked)"
+    search = find_face_square(path, info, config.face_enlarge)
+    found = f"a face on {search.face_frames} of {search.sampled_frames} sampled frames"
+    if search.box is None:
+        if config.framing == "face":
+            raise video.VideoError(f"{path}: face-crop found no face track ({found})")
+        return WholeFrame(info.height, info.width, size), f"whole-frame (auto: no face track, {found})"
+    x0, y0, side = search.box
+    where = f"{side} px square at ({x0}, {y0}) covers {side * side / (info.width * info.height):.0%} of the frame"
+    if config.framing == "face":
+        return FaceCrop(search.box, size, config.feather), f"face-crop (asked): {found}, {where}"
+    if side * side >= config.face_max_fraction * info.width * info.height:
+        return WholeFrame(info.height, info.width, size), (
+            f"whole-frame (auto: {found}, but its {where}, at least {config.face_max_fraction:.0%}: already a face crop)")
+    return FaceCrop(search.box, size, config.feather), f"face-crop (auto: {found}, its {where})"
 
 
 # ---------------------------------------------------------------------------------------
@@ -273,6 +309,10 @@ class EnhanceReport:
     width: int
     height: int
     audio: bool
+    framing: str  # "face" or "whole": what ran
+    framing_reason: str
+    face_square: tuple[int, int, int] | None  # (x0, y0, side) enhanced and pasted back, for face-crop
+    timing: str  # "constant" (frame i at i / fps) or "variable" (each input timestamp kept)
 
 
 def enhance_file(
@@ -284,17 +324,25 @@ def enhance_file(
     force: bool = False,
     progress: bool = True,
 ) -> EnhanceReport:
-    """Enhance one video file into ``dst`` (written atomically), keeping fps, size and audio."""
+    """Enhance one video file into ``dst`` (written atomically), keeping frame count, timing,
+    size and audio."""
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not force:
-        raise FileExistsError(f"{dst}: exists; pass --force to overwrite")
     if src.resolve() == dst.resolve():
         raise ValueError(f"{dst}: output would overwrite its own input")
+    if dst.exists() and not force:
+        raise FileExistsError(f"{dst}: exists; pass --force to overwrite")
     info = video.probe(src)
-    if config.face_crop:
-        framing = FaceCrop(stable_face_box(src, info, config.face_enlarge), model.size, config.feather)
-    else:
-        framing = WholeFrame(info.height, info.width, model.size)
+    framing, reason = choose_framing(src, info, model.size, config)
+    log.info("%s: %s", src, reason)
+    # Timing: a variable-rate input keeps every frame's own timestamp rather than being made
+    # constant-rate at its average rate, because duplicating or dropping frames to hit a
+    # constant rate would change the frame count and put repeated frames through the
+    # temporal model; kept timestamps keep the copied audio in sync as well. A constant-rate
+    # input is written at the rate its timestamps show: the container's average rate can be
+    # off, e.g. after frames were selected with -fps_mode vfr.
+    times = video.frame_times(src)
+    rate = times.regular_rate(Fraction(info.fps_fraction) or None) if times is not None else None
+    variable = times is not None and rate is None and len(times.pts) > 1
     started = time.perf_counter()
     bar = tqdm(total=info.num_frames or None, unit="frame", desc=src.name, disable=not progress)
     written_frames = 0
@@ -308,7 +356,8 @@ def enhance_file(
 
     try:
         video.write_video(
-            dst, frames_with_progress(), info.fps_fraction, crf=config.crf, pix_fmt=output_pix_fmt(info), audio_from=src
+            dst, frames_with_progress(), rate or info.fps_fraction, crf=config.crf, pix_fmt=output_pix_fmt(info),
+            audio_from=src, times=times if variable else None,
         )
     finally:
         bar.close()
@@ -319,4 +368,7 @@ def enhance_file(
     return EnhanceReport(
         input=str(src), output=str(dst), frames=written_frames, seconds=seconds, frames_per_second=fps,
         fps=written.fps_fraction, width=written.width, height=written.height, audio=written.has_audio,
+        framing="face" if isinstance(framing, FaceCrop) else "whole", framing_reason=reason,
+        face_square=(framing.x0, framing.y0, framing.side) if isinstance(framing, FaceCrop) else None,
+        timing="variable" if variable else "constant",
     )

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import check, to_dict
-from .nn.discriminator import build_discriminator
+from .nn.discriminator import BACKBONES, build_discriminator
 from .nn.losses import build_perceptual_loss
 from .nn.quantize import codebook_stats
 from .nn.vqgan import Stage1Config, Stage1Model
@@ -39,6 +39,12 @@ class Stage1LossConfig:
 
     def __post_init__(self) -> None:
         check(self.l1_weight >= 0 and self.perceptual_weight >= 0, "loss weights must be >= 0")
+        # A hub id or a path has a slash; a bare word must be a known short name, so a typo
+        # fails here instead of silently training without the adversarial loss.
+        name = self.discriminator
+        check(not name or name in BACKBONES or "/" in name or Path(name).is_dir(),
+              f"discriminator: {name!r} is not one of {sorted(BACKBONES)}, a hub id (org/name) or a folder; "
+              "null turns it off")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -101,6 +102,49 @@ def probe(path: str | Path, *, count_frames: bool = False) -> VideoInfo:
         container.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class FrameTimes:
+    """Presentation times of a video's frames in display order, in ticks of ``time_base``."""
+
+    pts: tuple[int, ...]
+    time_base: Fraction
+
+    def regular_rate(self, declared: Fraction | None = None) -> Fraction | None:
+        """The frame rate when consecutive frames are evenly spaced (one tick of rounding
+        allowed), None when they are not or there are fewer than two frames. It is the
+        ``declared`` rate (the container's) when that puts the last frame within one tick of
+        where it is, else the rate measured from the timestamps."""
+        steps = np.diff(np.asarray(self.pts, dtype=np.int64))
+        if len(steps) == 0 or steps.min() <= 0 or steps.max() - steps.min() > 1:
+            return None
+        span = Fraction(int(self.pts[-1] - self.pts[0])) * self.time_base
+        if declared and abs(len(steps) / declared - span) <= self.time_base:
+            return declared
+        return (len(steps) / span).limit_denominator(1001)  # exact for 30000/1001, 25/3, ...
+
+
+def frame_times(path: str | Path) -> FrameTimes | None:
+    """The presentation time of every frame, read from the packets without decoding; None
+    when a packet carries no timestamp (raw streams), so there is no timing to keep."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        pts = []
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's end-of-stream flush packet
+                continue
+            if packet.pts is None:
+                return None
+            if not packet.is_discard:  # dropped by the decoder (edit lists)
+                pts.append(int(packet.pts))
+        return FrameTimes(tuple(sorted(pts)), Fraction(stream.time_base))
+    except av.error.FFmpegError as err:
+        raise VideoError(f"{path}: unreadable: {err}") from None
+    finally:
+        container.close()
+
+
 def _decode(container: av.container.InputContainer, path: Path) -> Iterator[av.VideoFrame]:
     try:
         yield from container.decode(video=0)
@@ -178,12 +222,15 @@ def write_video(
     preset: str = "medium",
     audio_from: str | Path | None = None,
     extra_output_args: dict | None = None,
+    times: FrameTimes | None = None,
 ) -> Path:
     """Encode RGB uint8 frames to ``path`` atomically; return ``path``.
 
     ``crf`` (or ``qp``; ``qp=0`` is lossless x264 in yuv444p/rgb) sets the quality for x264.
     For ``codec="ffv1"`` both are ignored. ``audio_from`` copies the first audio stream of
     that file (if it has one) into the output unchanged; every video frame is kept.
+    ``times`` gives frame i the timestamp ``times.pts[i]`` instead of ``i / fps`` (a
+    variable-rate video keeps its timing, so copied audio stays in sync).
     """
     import ffmpeg  # ffmpeg-python only builds the command line
 
@@ -199,8 +246,14 @@ def write_video(
         raise VideoError(f"{path}: {width}x{height} has an odd side; yuv420p needs even sides")
 
     rate = str(Fraction(fps).limit_denominator(1001000)) if not isinstance(fps, str) else fps
-    video_in = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=rate)
     out_args: dict = {"vcodec": codec, "pix_fmt": pix_fmt, **_DETERMINISTIC}
+    if times is None:
+        video_in = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=rate)
+    else:
+        # Raw frames on a pipe have no timestamps; raw frames in a NUT stream do, and ffmpeg
+        # hands them to the encoder unchanged, in the input's own time base.
+        video_in = ffmpeg.input("pipe:", format="nut")
+        out_args.update({"fps_mode": "passthrough", "enc_time_base": "demux"})
     if codec in ("libx264", "libx265"):
         out_args["preset"] = preset
         if qp is not None:
@@ -220,14 +273,16 @@ def write_video(
         cmd = ffmpeg.output(*streams, str(tmp), **out_args).global_args("-y", "-loglevel", "error", "-nostdin")
         args = cmd.compile(cmd=ffmpeg_exe())
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        sink = _RawSink(proc.stdin) if times is None else _TimedSink(proc.stdin, width, height, times, path)
         count = 0
         try:
             for frame in _chain(first, iterator):
                 frame = _check_frame(frame, path)
                 if frame.shape[:2] != (height, width):
                     raise VideoError(f"{path}: frame {count} is {frame.shape[1]}x{frame.shape[0]}, expected {width}x{height}")
-                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+                sink.write(frame)
                 count += 1
+            sink.close()
         except BrokenPipeError:
             pass
         except BaseException:
@@ -242,9 +297,53 @@ def write_video(
                     pass
         stderr = proc.stderr.read().decode(errors="replace")
         if proc.wait() != 0:
-            raise VideoError(f"{path}: ffmpeg failed: {stderr.strip()}")
+            raise VideoError(f"{path}: ffmpeg failed: {_one_line(stderr, tmp, path)}")
     log.debug("wrote %s: %d frames %dx%d at %s fps (%s)", path, count, width, height, rate, codec)
     return path
+
+
+class _RawSink:
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def write(self, frame: np.ndarray) -> None:
+        self.pipe.write(np.ascontiguousarray(frame).tobytes())
+
+    def close(self) -> None:
+        pass
+
+
+class _TimedSink:
+    """Raw RGB frames muxed into NUT with their timestamps (PyAV), for ffmpeg to read."""
+
+    def __init__(self, pipe, width: int, height: int, times: FrameTimes, path: Path):
+        self.times, self.path, self.index = times, path, 0
+        self.container = av.open(pipe, mode="w", format="nut")
+        self.stream = self.container.add_stream("rawvideo")
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "rgb24"
+        # both, or the encoder rescales the timestamps to its default 1/24 s ticks
+        self.stream.time_base = self.stream.codec_context.time_base = times.time_base
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.index >= len(self.times.pts):
+            raise VideoError(f"{self.path}: more frames than timestamps ({len(self.times.pts)})")
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        out.pts, out.time_base = self.times.pts[self.index], self.times.time_base
+        self.index += 1
+        for packet in self.stream.encode(out):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+
+def _one_line(stderr: str, tmp: Path, path: Path) -> str:
+    """ffmpeg's first complaint (the cause; the lines after it say how it unwound), naming
+    the output rather than its hidden temp file, without ffmpeg's "[muxer @ 0x...]" tag."""
+    lines = [re.sub(r"^\[[^\]]* @ 0x[0-9a-f]+\]\s*", "", line.strip()) for line in stderr.splitlines() if line.strip()]
+    return lines[0].replace(str(tmp), str(path)) if lines else "no message"
 
 
 def probe_has_audio(path: str | Path) -> bool:
