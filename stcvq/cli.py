@@ -49,7 +49,7 @@ def load_model(model_dir: Path, device: str):
 
 def _enhance(args: argparse.Namespace) -> int:
     from stcvq.enhance import StreamConfig, enhance_file
-    from stcvq.video import VideoError
+    from stcvq.video import VideoError, is_frame_folder
 
     device = resolve_device(args.device)
     model_dir = Path(args.model or f"models/stage2-{args.task}")
@@ -62,7 +62,7 @@ def _enhance(args: argparse.Namespace) -> int:
         face_crop=args.face_crop,
     )
     src, dst = Path(args.input), Path(args.output)
-    if src.is_dir():
+    if src.is_dir() and not is_frame_folder(src):  # a folder of videos; a folder of frames is one video
         jobs = [(p, dst / p.name) for p in sorted(src.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
         if not jobs:
             raise SystemExit(f"{src}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     enhance = commands.add_parser("enhance", help="restore or de-flicker a video, or a folder of videos")
-    enhance.add_argument("input", help="a video file or a folder of videos")
+    enhance.add_argument("input", help="a video file, a folder of PNG/JPG frames (rate in its fps.txt), or a folder of videos")
     enhance.add_argument("-o", "--output", required=True, help="output file (or folder, for a folder input)")
     enhance.add_argument("--task", choices=TASKS, required=True)
     enhance.add_argument("--model", help="trained Stage II folder (default: models/stage2-TASK)")
