@@ -168,3 +168,16 @@ def test_groups_param_is_validated():
     with pytest.raises(ConfigError, match="duplicate_distance"):
         from_dict(IngestConfig, {"duplicate_distance": 0.7})
     assert from_dict(IngestConfig, {"folder": "x", "groups": "map.JSON", "duplicate_distance": None}).duplicate_distance is None
+
+
+def test_the_ingest_stage_reports_a_bad_mapping_in_one_line(nested, tmp_path, monkeypatch):
+    import pipeline.ingest as stage
+
+    bad = tmp_path / "groups.csv"
+    bad.write_text("nope\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stage, "load_params", lambda *_: {"ingest": {"folder": str(nested), "groups": str(bad)}, "workers": 1})
+    with pytest.raises(SystemExit) as err:
+        stage.main()
+    assert str(err.value) == f"ingest: {bad}: needs a header with columns path,group; got ['nope']"
+    assert not (tmp_path / "data").exists()
