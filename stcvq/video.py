@@ -172,6 +172,7 @@ def read_sampled(path: str | Path, count: int, num_frames: int | None = None) ->
 # -- image-sequence folders ---------------------------------------------------------------
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 FPS_SIDECAR = "fps.txt"  # the frame rate as a number or "num/den"; else a *.json with an "fps" key
+SIDECAR_SUFFIXES = (".txt", ".json")  # may sit beside the frames (the rate, notes, landmarks)
 
 
 def frame_files(folder: str | Path) -> list[Path]:
@@ -187,9 +188,21 @@ def frame_files(folder: str | Path) -> list[Path]:
 
 
 def is_frame_folder(path: str | Path) -> bool:
-    """A folder with PNG/JPG files directly in it: one video, a frame per image."""
+    """A folder of PNG/JPG frames, one video: images and .txt/.json sidecars, nothing else (a
+    folder that also holds a video or a sub-folder is a folder of files, so nothing in it is lost)."""
     path = Path(path)
-    return path.is_dir() and bool(frame_files(path))
+    return path.is_dir() and _frame_folder_problem(path) is None
+
+
+def _frame_folder_problem(folder: Path) -> str | None:
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")
+                    and not (p.is_file() and p.suffix.lower() in FRAME_SUFFIXES + SIDECAR_SUFFIXES))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return f"holds more than frames and .txt/.json sidecars: {shown}"
+    if not frame_files(folder):
+        return "no PNG/JPG frames in the folder"
+    return None
 
 
 def frame_folder_fps(folder: str | Path) -> Fraction | None:
@@ -226,9 +239,10 @@ def probe_frame_folder(folder: str | Path, *, count_frames: bool = False) -> Vid
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(folder)
+    problem = _frame_folder_problem(folder)
+    if problem:
+        raise VideoError(f"{folder}: unreadable: {problem}")
     files = frame_files(folder)
-    if not files:
-        raise VideoError(f"{folder}: unreadable: no PNG/JPG frames in the folder")
     rate = frame_folder_fps(folder)
     if rate is None:
         raise VideoError(f"{folder}: unreadable: no frame rate; write it to {folder / FPS_SIDECAR} (e.g. 25)")

@@ -67,6 +67,12 @@ def test_bad_frame_folders_give_one_line_naming_the_folder(tmp_path, carphone_pa
     with pytest.raises(video.VideoError, match="differ in size"):  # streaming decode checks as well
         list(video.read_frames(mixed))
 
+    with_video = dump_frames(carphone_path, tmp_path / "with_video", stop=2, fps="25")
+    (with_video / "clip.mp4").write_bytes(carphone_path.read_bytes())
+    (with_video / "sub").mkdir()
+    assert not video.is_frame_folder(with_video)  # a folder of files: ingest lists each of them
+    assert _one_line_error(with_video) == f"{with_video}: unreadable: holds more than frames and .txt/.json sidecars: clip.mp4, sub"
+
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / video.FPS_SIDECAR).write_text("25\n")

@@ -10,9 +10,9 @@ Two sources:
   the rate). All carphone videos share ``source_group = "carphone"`` so a train/test split by
   group never puts one of them on each side.
 * any folder of videos (``folder: path``): every non-hidden file under it, recursively, in
-  sorted order, and every folder of PNG/JPG frames as one video (rate from its ``fps.txt`` or
-  JSON sidecar, else ``frame_fps``; its copy in ``data/raw`` gets an ``fps.txt``). Files that are
-  not usable videos still get a row saying why. Source groups come from ``groups`` (each file,
+  sorted order, and every folder of PNG/JPG frames (frames and .txt/.json sidecars only) as one
+  video (rate from its ``fps.txt`` or JSON sidecar, else ``frame_fps``; its copy in ``data/raw``
+  gets an ``fps.txt``). Files that are not usable videos still get a row saying why. Source groups come from ``groups`` (each file,
   the top-level sub-folder, or a mapping file); near-duplicate videos then share one group
   (:mod:`stcvq.curate.groups`).
 
