@@ -123,6 +123,11 @@ def test_subfolder_groups_and_frame_folders(nested, carphone_path, tmp_path):
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["a_frames", "a_x.mp4", "a_y.mp4", "b_deep_z.mp4", "top.mp4"]
 
 
+def test_a_frame_folder_given_as_ingest_folder_is_one_video(nested, tmp_path):
+    rows = ingest(nested / "a" / "frames", tmp_path)
+    assert list(rows) == ["frames"] and rows["frames"]["keep"] and rows["frames"]["num_frames"] == 12
+
+
 def test_csv_and_json_mapping_files(nested, tmp_path):
     csv_file = tmp_path / "groups.csv"
     csv_file.write_text("path,group\na/x.mp4,person1\n./b/deep/z.mp4,person1\na/frames/,person2\n")

@@ -12,7 +12,8 @@ Two sources:
 * any folder of videos (``folder: path``): every non-hidden file under it, recursively, in
   sorted order, and every folder of PNG/JPG frames (frames and .txt/.json sidecars only) as one
   video (rate from its ``fps.txt`` or JSON sidecar, else ``frame_fps``; its copy in ``data/raw``
-  gets an ``fps.txt``). Files that are not usable videos still get a row saying why. Source groups come from ``groups`` (each file,
+  gets an ``fps.txt``); ``folder`` itself may be such a folder. Files that are not usable videos
+  still get a row saying why. Source groups come from ``groups`` (each file,
   the top-level sub-folder, or a mapping file); near-duplicate videos then share one group
   (:mod:`stcvq.curate.groups`).
 
@@ -137,8 +138,8 @@ def folder_rows(folder: Path, raw_dir: Path, groups: str = "file") -> list[Row]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: ingest.folder is not a folder")
     rows, seen, relative = [], set(), {}
-    for path in folder_videos(folder):
-        rel = path.relative_to(folder)
+    for path in [folder] if is_frame_folder(folder) else folder_videos(folder):  # a folder of frames is one video
+        rel = path.relative_to(folder.parent if path == folder else folder)
         base = safe_id(str(rel if path.is_dir() else rel.with_suffix("")))
         video_id, n = base, 2
         while video_id in seen:
