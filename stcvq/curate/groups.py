@@ -145,10 +145,9 @@ def near_duplicate_pairs(fingerprints: dict[str, str], max_distance: float) -> l
         for start in range(0, len(ids), 1024):  # bounded memory: 1024 x N distances at a time
             block = bits[start:start + 1024]
             differing = np.rint(block @ (1 - bits).T + (1 - block) @ bits.T)  # exact: counts < 2^24
-            for a, b in zip(*np.nonzero(differing <= max_distance * total)):
-                a += start
-                if a < b:
-                    pairs.append((float(differing[a - start, b]) / total, ids[a], ids[b]))
+            for i, j in zip(*np.nonzero(differing <= max_distance * total)):
+                if start + i < j:
+                    pairs.append((float(differing[i, j]) / total, ids[start + i], ids[j]))
     return sorted(pairs)
 
 
