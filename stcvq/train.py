@@ -269,9 +269,9 @@ def code_fingerprint(*roots: str) -> dict[str, Any]:
                 todo += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
-                if node.level:
-                    anchor = here.split(".")[: len(here.split(".")) - node.level + 1]
-                    base = ".".join(anchor + ([base] if base else []))
+                if node.level:  # relative: level 1 is this package, 2 its parent, ...
+                    anchor = here.rsplit(".", node.level - 1)[0]
+                    base = f"{anchor}.{base}" if base else anchor
                 todo += [base] + [f"{base}.{alias.name}" for alias in node.names]  # a name may be a submodule
     digest = hashlib.sha256()
     for name in sorted(files):
