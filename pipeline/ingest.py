@@ -14,7 +14,7 @@ def main() -> None:
     log = setup_logging("ingest")
     params = load_params("ingest", "workers")
     config = from_dict(IngestConfig, params["ingest"], where="params.yaml:ingest")
-    rows = run_ingest(config, RAW_DIR, workers=params["workers"])
+    rows = run_ingest(config, RAW_DIR, workers=params["workers"])  # a bad mapping file: ConfigError, one line
     write_manifest(OUT, rows)
     log.info("wrote %s: %s", OUT, summary(rows))
 

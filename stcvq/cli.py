@@ -91,14 +91,19 @@ def embedded_default_notice(model, model_dir: Path) -> str | None:
 
 
 def _enhance_jobs(src: Path, dst: Path) -> tuple[list[tuple[Path, Path]], str | None]:
-    """(input, output) pairs, or a usage problem found before any work."""
-    if src.is_dir():
+    """(input, output) pairs, or a usage problem found before any work. A folder of frames is
+    one video; a folder of videos (and of frame folders) is one job each."""
+    from stcvq.video import is_frame_folder
+
+    if src.is_dir() and not is_frame_folder(src):
         if dst.exists() and not dst.is_dir():
             return [], f"-o {dst}: exists and is not a folder (a folder input needs an output folder)"
-        inputs = [p for p in sorted(src.iterdir()) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+        inputs = [p for p in sorted(src.iterdir())
+                  if (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES) or is_frame_folder(p)]
         if not inputs:
-            return [], f"{src}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))})"
-        jobs = [(p, dst / (p.name if p.suffix.lower() in OUTPUT_SUFFIXES else f"{p.stem}.mp4")) for p in inputs]
+            return [], f"{src}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) or frame folders"
+        jobs = [(p, dst / (p.name if p.suffix.lower() in OUTPUT_SUFFIXES and p.is_file() else f"{p.stem}.mp4"))
+                for p in inputs]
         names = [out.name for _, out in jobs]
         clashes = sorted({n for n in names if names.count(n) > 1})
         if clashes:
@@ -222,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     enhance = commands.add_parser("enhance", help="restore or de-flicker a video, or a folder of videos")
-    enhance.add_argument("input", help="a video file or a folder of videos")
+    enhance.add_argument("input", help="a video file, a folder of PNG/JPG frames (rate in its fps.txt), or a folder of videos")
     enhance.add_argument("-o", "--output", required=True, help="output file (or folder, for a folder input)")
     enhance.add_argument("--task", choices=TASKS, required=True)
     enhance.add_argument("--model", help="trained Stage II folder (default: models/stage2-TASK)")

@@ -1,7 +1,9 @@
 """Fixed-length clips from the curated videos, and their deterministic train/val/test split.
 
-The split is by source group: a derived video (captioned, upscaled, half frame rate copy)
-belongs to its source's group, and a group never spans two splits. When there are fewer groups
+The split is by the manifest's ``source_group``: a derived video (captioned, upscaled, half
+frame rate copy) belongs to its source's group, so do the videos a user declared one group and
+near-duplicates (a copy, a re-encode; :mod:`stcvq.curate.groups`), and a group never spans two
+splits. When there are fewer groups
 than splits (the embedded default has one real face source), every video is instead split by
 time: the split fractions cut each video's duration into disjoint ranges, the same ranges in
 seconds for every video of a group, so a derived copy at another frame rate lines up. The mode

@@ -22,7 +22,7 @@ from .nn.discriminator import BACKBONES, build_discriminator
 from .nn.losses import build_perceptual_loss
 from .nn.quantize import codebook_stats
 from .nn.vqgan import Stage1Config, Stage1Model
-from .train import ClipSource, StepOutput, TrainConfig, TrainResult, reset_stale_run, train
+from .train import ClipSource, StepOutput, TrainConfig, TrainResult, code_fingerprint, reset_stale_run, train
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,11 @@ def train_stage1(
 ) -> TrainResult:
     """Train Stage I; the exported model (EMA weights) lands in ``out_dir/model``.
 
-    A run folder left by another config or ``data_fingerprint`` is wiped first, so an ablation
-    never resumes the previous run's checkpoints."""
-    reset_stale_run(out_dir, {"config": to_dict(cfg), "data": data_fingerprint})
+    A run folder left by another config, ``data_fingerprint`` or code (this module, the shard
+    loader :mod:`stcvq.data` and every ``stcvq`` module they import) is wiped first, so neither an
+    ablation nor a code change resumes the previous run's checkpoints."""
+    reset_stale_run(out_dir, {"config": to_dict(cfg), "data": data_fingerprint,
+                              "code": code_fingerprint(__name__, "stcvq.data")})
     torch.manual_seed(cfg.train.seed)  # same initial weights on every process
     model = Stage1Model(cfg.model)
     objective = Stage1Objective(model, cfg.loss, cfg.train.num_samples)

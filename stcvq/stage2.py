@@ -53,7 +53,7 @@ from .nn.lookup import LookupConfig, LookupTransformer
 from .nn.temporal import reference_stage2_residual, temporal_residual
 from .nn.vqgan import Stage1Config, Stage1Model
 from .stage1 import clip_grid, psnr
-from .train import ClipSource, StepOutput, TrainConfig, TrainResult, reset_stale_run, train
+from .train import ClipSource, StepOutput, TrainConfig, TrainResult, code_fingerprint, reset_stale_run, train
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +472,8 @@ def _fingerprint(cfg: Stage2TrainConfig, stage1: Stage1Model, phases: list) -> d
     for k, v in sorted(stage1.state_dict().items()):
         digest.update(k.encode())
         digest.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return {"config": to_dict(cfg), "phases": [list(p) for p in phases], "stage1_sha256": digest.hexdigest()}
+    return {"config": to_dict(cfg), "phases": [list(p) for p in phases], "stage1_sha256": digest.hexdigest(),
+            "code": code_fingerprint(__name__, "stcvq.data")}
 
 
 def train_stage2(
@@ -489,8 +490,9 @@ def train_stage2(
     gives the training source whose LQ member is ``lq`` ("lq" or "lq_noisefree"). A phase
     starts from the previous phase's final (EMA) weights.
 
-    Resumes a killed run; a run dir left by another config or Stage I model is wiped first
-    (``out_dir/run.json`` records both), so changed inputs never resume stale checkpoints.
+    Resumes a killed run; a run dir left by another config, Stage I model or code (this module,
+    the shard loader :mod:`stcvq.data` and every ``stcvq`` module they import) is wiped first
+    (``out_dir/run.json`` records all three), so changed inputs never resume stale checkpoints.
     Returns the final (EMA) model and each phase's result."""
     out_dir = Path(out_dir)
     phases = cfg.phases(has_noisefree)

@@ -24,9 +24,11 @@ so the source must be deterministic per (epoch, rank, world_size, batch size).
 
 from __future__ import annotations
 
+import ast
 import atexit
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -230,18 +232,70 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def code_fingerprint(*roots: str) -> dict[str, Any]:
+    """SHA-256 over the source of the ``stcvq`` modules that ``roots`` import, transitively.
+
+    The closure is read from the source files (every ``import`` naming a ``stcvq`` module, at
+    module level or inside a function, relative imports included), not from ``sys.modules``, so
+    the same code gives the same digest whatever else the process has imported. A module counts
+    with its packages' ``__init__`` files. The digest runs over (module name, source bytes),
+    sorted by module name. Not covered: code outside ``stcvq`` (the stage scripts under
+    ``pipeline/``, torch and the other libraries)."""
+    package_dir = Path(__file__).resolve().parent
+    package = package_dir.name
+
+    def source(name: str) -> Path | None:
+        parts = name.split(".")[1:]
+        candidates = [package_dir.joinpath(*parts, "__init__.py")]
+        if parts:
+            candidates.insert(0, package_dir.joinpath(*parts[:-1], parts[-1] + ".py"))
+        return next((c for c in candidates if c.is_file()), None)
+
+    files: dict[str, bytes] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in files or not (name == package or name.startswith(package + ".")):
+            continue
+        path = source(name)
+        if path is None:  # a name imported from a module, not a submodule
+            continue
+        files[name] = path.read_bytes()
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(files[name], filename=str(path))):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: level 1 is this package, 2 its parent, ...
+                    anchor = here.rsplit(".", node.level - 1)[0]
+                    base = f"{anchor}.{base}" if base else anchor
+                todo += [base] + [f"{base}.{alias.name}" for alias in node.names]  # a name may be a submodule
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{len(files[name])}\0".encode())  # unambiguous concatenation
+        digest.update(files[name])
+    return {"sha256": digest.hexdigest(), "modules": sorted(files)}
+
+
 def reset_stale_run(out_dir: str | Path, fingerprint: dict[str, Any]) -> None:
-    """Wipe ``out_dir`` when it holds a run of another config or data, then record ``fingerprint``.
+    """Wipe ``out_dir`` when it holds a run of another config, data or code, then record ``fingerprint``.
 
     Checkpoints persist between `dvc repro` runs so a killed run resumes; without this check a
-    changed config (an ablation) would resume, or silently return, the old run's weights."""
+    changed config (an ablation) or changed code (a new loss) would resume, or silently return,
+    the old run's weights. The stages put :func:`code_fingerprint` under ``"code"``."""
     out_dir = Path(out_dir)
     run_file = out_dir / "run.json"
     if int(os.environ.get("RANK", "0")) != 0:  # rank 0 owns the run folder
         return
-    if run_file.is_file() and json.loads(run_file.read_text()) != fingerprint:
-        log.info("%s: config or inputs changed since the last run, starting over", out_dir)
-        shutil.rmtree(out_dir)
+    if run_file.is_file():
+        old = json.loads(run_file.read_text())
+        changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        if changed:
+            log.info("%s: %s changed since the last run, starting over", out_dir, ", ".join(changed))
+            shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
 

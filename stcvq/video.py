@@ -5,12 +5,17 @@ long video never has to fit in memory. Encoding pipes raw frames into the ffmpeg
 ships with ``imageio-ffmpeg`` (command lines built with ``ffmpeg-python``), writes to a
 temporary file and renames it, and can copy the audio stream of another file.
 
+A folder of numbered PNG/JPG frames is one video too (:func:`is_frame_folder`): :func:`probe`
+and :func:`read_frames` read it, in natural order of the file names, at the rate in its
+``fps.txt`` or JSON sidecar.
+
 Every failure is a :class:`VideoError` whose message starts with the file name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import subprocess
@@ -72,6 +77,8 @@ def _open(path: str | Path) -> av.container.InputContainer:
 
 def probe(path: str | Path, *, count_frames: bool = False) -> VideoInfo:
     """Stream facts of ``path``. ``count_frames`` decodes the whole file to count exactly."""
+    if Path(path).is_dir():
+        return probe_frame_folder(path, count_frames=count_frames)
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -162,6 +169,9 @@ def read_frames(
 ) -> Iterator[np.ndarray]:
     """Decode frames ``start:stop:step`` of ``path`` one at a time (RGB, or gray when asked)."""
     path = Path(path)
+    if path.is_dir():
+        yield from _read_frame_folder(path, start, stop, step, gray)
+        return
     container = _open(path)
     fmt = "gray" if gray else "rgb24"
     try:
@@ -203,6 +213,127 @@ def read_sampled(path: str | Path, count: int, num_frames: int | None = None) ->
             indices.append(index)
             frames.append(frame)
     return indices, frames
+
+
+# -- image-sequence folders ---------------------------------------------------------------
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+FPS_SIDECAR = "fps.txt"  # the frame rate as a number or "num/den"; else a *.json with an "fps" key
+SIDECAR_SUFFIXES = (".txt", ".json")  # may sit beside the frames (the rate, notes, landmarks)
+
+
+def frame_files(folder: str | Path) -> list[Path]:
+    """The PNG/JPG files directly in ``folder``, in natural order (frame2 before frame10)."""
+
+    def natural(p: Path) -> tuple[list[str | int], str]:
+        # re.split with a group alternates text and digits, so keys compare item by item
+        return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)], p.name
+
+    files = [p for p in Path(folder).iterdir()
+             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in FRAME_SUFFIXES]
+    return sorted(files, key=natural)
+
+
+def is_frame_folder(path: str | Path) -> bool:
+    """A folder of PNG/JPG frames, one video: images and .txt/.json sidecars, nothing else (a
+    folder that also holds a video or a sub-folder is a folder of files, so nothing in it is lost)."""
+    path = Path(path)
+    return path.is_dir() and _frame_folder_problem(path) is None
+
+
+def _frame_folder_problem(folder: Path) -> str | None:
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")
+                    and not (p.is_file() and p.suffix.lower() in FRAME_SUFFIXES + SIDECAR_SUFFIXES))
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        return f"holds more than frames and .txt/.json sidecars: {shown}"
+    if not frame_files(folder):
+        return "no PNG/JPG frames in the folder"
+    return None
+
+
+def frame_folder_fps(folder: str | Path) -> Fraction | None:
+    """The rate in ``folder``'s sidecar: ``fps.txt``, else the first ``*.json`` with an ``"fps"``
+    key; None when there is neither."""
+    folder = Path(folder)
+    sidecar = folder / FPS_SIDECAR
+    if sidecar.is_file():
+        text = sidecar.read_text(errors="replace").strip()
+        return _positive_rate(text, sidecar)
+    for meta in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(meta.read_text(errors="replace"))
+        except json.JSONDecodeError as err:
+            raise VideoError(f"{meta}: not JSON ({err})") from None
+        if isinstance(data, dict) and "fps" in data:
+            return _positive_rate(data["fps"], meta)
+    return None
+
+
+def _positive_rate(value: object, source: Path) -> Fraction:
+    try:
+        rate = Fraction(str(value)).limit_denominator(1001000)
+    except (ValueError, ZeroDivisionError):
+        rate = Fraction(0)
+    if rate <= 0:
+        raise VideoError(f"{source}: not a frame rate: {value!r} (write a positive number such as 25 or 30000/1001)")
+    return rate
+
+
+def probe_frame_folder(folder: str | Path, *, count_frames: bool = False) -> VideoInfo:
+    """:func:`probe` of a frame folder: sizes from the image headers (all must agree), the rate
+    from its sidecar; ``count_frames`` decodes every frame."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    problem = _frame_folder_problem(folder)
+    if problem:
+        raise VideoError(f"{folder}: unreadable: {problem}")
+    files = frame_files(folder)
+    rate = frame_folder_fps(folder)
+    if rate is None:
+        raise VideoError(f"{folder}: unreadable: no frame rate; write it to {folder / FPS_SIDECAR} (e.g. 25)")
+    size = None
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                here = image.size
+        except (OSError, UnidentifiedImageError) as err:
+            raise VideoError(f"{folder}: unreadable: frame {file.name}: {err}") from None
+        if size is None:
+            size = here
+        elif here != size:
+            raise VideoError(f"{folder}: unreadable: frames differ in size: {file.name} is {here[0]}x{here[1]}, "
+                             f"{files[0].name} is {size[0]}x{size[1]}")
+    if count_frames:
+        for _ in _read_frame_folder(folder, 0, None, 1, False):
+            pass
+    codecs = sorted({"png" if f.suffix.lower() == ".png" else "mjpeg" for f in files})
+    return VideoInfo(
+        path=str(folder), width=size[0], height=size[1], fps=float(rate),
+        fps_fraction=f"{rate.numerator}/{rate.denominator}", num_frames=len(files),
+        duration=len(files) / float(rate), codec="+".join(codecs),
+        pix_fmt="rgb24", has_audio=False,
+    )
+
+
+def _read_frame_folder(folder: Path, start: int, stop: int | None, step: int, gray: bool) -> Iterator[np.ndarray]:
+    import cv2
+
+    files = frame_files(folder)
+    if not files:
+        raise VideoError(f"{folder}: unreadable: no PNG/JPG frames in the folder")
+    shape = None
+    for file in files[start:stop:step]:
+        # IMREAD_COLOR: 8-bit, 3 channels, whatever the file holds (gray, palette, 16-bit, alpha)
+        bgr = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise VideoError(f"{folder}: unreadable: frame {file.name} cannot be decoded")
+        if shape is None:
+            shape = bgr.shape
+        elif bgr.shape != shape:
+            raise VideoError(f"{folder}: unreadable: frames differ in size: {file.name} is {bgr.shape[1]}x{bgr.shape[0]}, "
+                             f"the first is {shape[1]}x{shape[0]}")
+        yield cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY if gray else cv2.COLOR_BGR2RGB)
 
 
 # x264 settings that make encodes byte-identical run to run: one thread (frame-threaded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -121,3 +122,21 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path):
     init = Stage2Model.from_stage1(stage1, Stage2Config.tiny()).state_dict()
     moved = max((a[k] - init[k]).abs().max().item() for k in a)
     assert moved > 1e-3, moved  # and it did train
+
+
+def test_a_run_left_by_other_code_starts_over(tmp_path, caplog):
+    _run(tmp_path, steps=2, noisefree_steps=2)
+    run_file = tmp_path / "run.json"
+    recorded = json.loads(run_file.read_text())
+    assert {"stcvq.stage2", "stcvq.nn.lookup", "stcvq.train"} <= set(recorded["code"]["modules"])
+    with caplog.at_level(logging.INFO):
+        _run(tmp_path, steps=2, noisefree_steps=2)  # same code: resumes the finished phases
+    assert "resumed from" in caplog.text and "starting over" not in caplog.text
+    caplog.clear()
+    # what run.json holds after a finished run of other code (same config, same Stage I)
+    run_file.write_text(json.dumps({**recorded, "code": {**recorded["code"], "sha256": "0" * 64}}))
+    with caplog.at_level(logging.INFO):
+        _run(tmp_path, steps=2, noisefree_steps=2)
+    assert "code changed since the last run, starting over" in caplog.text
+    assert "resumed from" not in caplog.text
+    assert json.loads(run_file.read_text()) == recorded

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,9 +21,9 @@ WORKER = Path(__file__).resolve().parent / "stage1_train_worker.py"
 ROOT = WORKER.parent.parent
 
 
-def run_worker(out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_worker(out: Path, *args: str, env: dict | None = None, worker: Path = WORKER) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(WORKER), str(out), *args], cwd=ROOT, env=full_env,
+    return subprocess.run([sys.executable, str(worker), str(out), *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -107,6 +109,33 @@ def test_kill9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     # the exported EMA models agree too
     ea, eb = load_file(str(straight / "model" / "model.safetensors")), load_file(str(crashed / "model" / "model.safetensors"))
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_killed_run_resumes_under_the_same_code_and_starts_over_under_changed_code(tmp_path):
+    """run.json covers the code Stage I runs: an edited module must not resume old checkpoints."""
+    code = tmp_path / "code"  # a private copy of the package, so the test can edit it
+    shutil.copytree(ROOT / "stcvq", code / "stcvq", ignore=shutil.ignore_patterns("__pycache__"))
+    (code / "tests").mkdir()
+    worker = Path(shutil.copy(WORKER, code / "tests" / WORKER.name))  # it imports stcvq from its parent folder
+    out, args = tmp_path / "run", ("--steps", "4", "--batch", "4")
+    killed = run_worker(out, *args, "--kill-at", "3", worker=worker)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    before = json.loads((out / "run.json").read_text())["code"]
+    assert {"stcvq.stage1", "stcvq.train", "stcvq.nn.vqgan", "stcvq.nn.losses", "stcvq.data"} <= set(before["modules"])
+    assert "stcvq.curate.text" not in before["modules"]
+
+    resumed = run_worker(out, *args, worker=worker)  # same code: carries on from the step-2 checkpoint
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "starting over" not in resumed.stderr
+
+    losses = code / "stcvq" / "nn" / "losses.py"
+    losses.write_text(losses.read_text() + "\n# an edit\n")
+    changed = run_worker(out, *args, worker=worker)  # the finished run was trained by other code
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "code changed since the last run, starting over" in changed.stderr
+    assert "resumed from" not in changed.stderr
+    after = json.loads((out / "run.json").read_text())["code"]
+    assert after["modules"] == before["modules"] and after["sha256"] != before["sha256"]
 
 
 def _free_port() -> int:

@@ -10,7 +10,12 @@ Two sources:
   the rate). All carphone videos share ``source_group = "carphone"`` so a train/test split by
   group never puts one of them on each side.
 * any folder of videos (``folder: path``): every non-hidden file under it, recursively, in
-  sorted order. Files that are not usable videos still get a row saying why.
+  sorted order, and every folder of PNG/JPG frames (frames and .txt/.json sidecars only) as one
+  video (rate from its ``fps.txt`` or JSON sidecar, else ``frame_fps``; its copy in ``data/raw``
+  gets an ``fps.txt``); ``folder`` itself may be such a folder. Files that are not usable videos
+  still get a row saying why. Source groups come from ``groups`` (each file,
+  the top-level sub-folder, or a mapping file); near-duplicate videos then share one group
+  (:mod:`stcvq.curate.groups`).
 
 Each row is then probed by decoding the whole file (frame counts in containers can lie,
 truncated files stop early): unreadable files, videos shorter than ``min_frames`` and
@@ -32,9 +37,11 @@ import cv2
 import numpy as np
 
 from stcvq.config import check
+from stcvq.curate import groups as grouping
 from stcvq.curate.manifest import Row, drop, new_row, update
 from stcvq.curate.runner import run_stage
-from stcvq.video import probe, read_frames, read_sampled, write_video
+from stcvq.io import write_text
+from stcvq.video import frame_files, frame_folder_fps, is_frame_folder, probe, read_frames, read_sampled, write_video
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +56,17 @@ class IngestConfig:
     derived_crf: int = 18  # x264 quality of the derived embedded videos
     min_frames: int = 8  # shorter videos are dropped (too_short)
     grayscale_tolerance: float = 2.0  # colorfulness below this (0-510 scale) -> grayscale
-    probe_frames: int = 8  # frames sampled for the colorfulness check
+    probe_frames: int = 8  # frames sampled for the colorfulness check and the content fingerprint
+    groups: str = "file"  # source groups of a folder: file | folder | a .csv/.json mapping file (stcvq/curate/groups.py)
+    duplicate_distance: float | None = 0.1  # fingerprint distance at or below which videos share a group; None: off
+    frame_fps: float = 25.0  # rate of a frame folder without an fps.txt or JSON sidecar
 
     def __post_init__(self) -> None:
+        grouping.check_groups_param(self.groups)
+        check(self.groups == "file" or bool(self.folder), "ingest.groups applies to ingest.folder; the embedded default has its own groups")
+        check(self.duplicate_distance is None or 0 <= self.duplicate_distance < 0.5,
+              f"ingest.duplicate_distance must be in [0, 0.5) (unrelated videos measure about 0.5) or null, got {self.duplicate_distance}")
+        check(self.frame_fps > 0, f"ingest.frame_fps must be > 0, got {self.frame_fps}")
         check(self.min_frames >= 2, f"ingest.min_frames must be >= 2 (motion needs a frame pair), got {self.min_frames}")
         check(self.probe_frames >= 1, "ingest.probe_frames must be >= 1")
         check(0 <= self.derived_crf <= 51, "ingest.derived_crf must be in [0, 51]")
@@ -92,6 +107,7 @@ def embedded_rows(raw_dir: Path) -> list[Row]:
             video_id=video_id,
             source_path=EMBEDDED_PREFIX + name,
             source_group=group,
+            group_reason="embedded",
             derivation=derivation,
             raw_path=str(raw_dir / f"{video_id}.mp4"),
         )
@@ -104,31 +120,51 @@ def safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "video"
 
 
-def folder_rows(folder: Path, raw_dir: Path) -> list[Row]:
-    """One row per non-hidden file under ``folder`` (sorted, recursive); ids made unique."""
+def folder_videos(folder: Path) -> list[Path]:
+    """The non-hidden files under ``folder`` and its frame folders (one video each), sorted."""
+    videos = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            videos += [path] if is_frame_folder(path) else folder_videos(path)
+        elif path.is_file():
+            videos.append(path)
+    return sorted(videos)
+
+
+def folder_rows(folder: Path, raw_dir: Path, groups: str = "file") -> list[Row]:
+    """One row per video under ``folder`` (:func:`folder_videos`); ids made unique, groups declared."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: ingest.folder is not a folder")
-    files = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-    rows, seen = [], set()
-    for path in files:
-        rel = path.relative_to(folder)
-        base = safe_id(str(rel.with_suffix("")))
+    rows, seen, relative = [], set(), {}
+    for path in [folder] if is_frame_folder(folder) else folder_videos(folder):  # a folder of frames is one video
+        rel = path.relative_to(folder.parent if path == folder else folder)
+        base = safe_id(str(rel if path.is_dir() else rel.with_suffix("")))
         video_id, n = base, 2
         while video_id in seen:
             video_id, n = f"{base}_{n}", n + 1
         seen.add(video_id)
+        relative[video_id] = rel.as_posix()
         rows.append(new_row(
             video_id=video_id,
             source_path=str(path),
-            source_group=video_id,
             derivation="",
-            raw_path=str(raw_dir / f"{video_id}{path.suffix.lower()}"),
+            raw_path=str(raw_dir / (video_id if path.is_dir() else f"{video_id}{path.suffix.lower()}")),
         ))
-    log.info("%s: %d file(s) under %s", STAGE, len(rows), folder)
+    declared = grouping.declared_groups(relative, groups)
+    rows = [update(r, {"source_group": declared[r["video_id"]][0], "group_reason": declared[r["video_id"]][1]}) for r in rows]
+    log.info("%s: %d video(s) under %s in %d declared group(s)", STAGE, len(rows), folder, len({r["source_group"] for r in rows}))
     return rows
+
+
+def copy_frame_folder(source: Path, target: Path, default_fps: float) -> None:
+    """The frames of ``source`` into folder ``target``, with an fps.txt of the rate they play at."""
+    rate = frame_folder_fps(source) or Fraction(default_fps).limit_denominator(1001000)
+    target.mkdir()
+    for frame in frame_files(source):
+        shutil.copyfile(frame, target / frame.name)
+    write_text(target / "fps.txt", f"{rate.numerator}/{rate.denominator}\n")
 
 
 def burn_caption(frame: np.ndarray, text: str) -> np.ndarray:
@@ -175,11 +211,13 @@ def measure_ingest(row: Row, config: IngestConfig) -> Row:
     """Bring one video into data/raw and probe it; drop unreadable, too-short or gray ones."""
     source = resolve_source(row["source_path"])
     target = Path(row["raw_path"])
-    if row["derivation"]:
-        make_derived(source, row["derivation"], target, config)
-    else:
-        shutil.copyfile(source, target)
     try:
+        if row["derivation"]:
+            make_derived(source, row["derivation"], target, config)
+        elif source.is_dir():
+            copy_frame_folder(source, target, config.frame_fps)
+        else:
+            shutil.copyfile(source, target)
         info = probe(target, count_frames=True)
         row = update(row, {
             "width": info.width, "height": info.height, "fps": info.fps, "fps_fraction": info.fps_fraction,
@@ -194,23 +232,32 @@ def measure_ingest(row: Row, config: IngestConfig) -> Row:
         row = update(row, {"colorfulness": colorfulness(frames)})
         if row["colorfulness"] < config.grayscale_tolerance:
             return _reject(drop(row, "grayscale", STAGE), target)
-        return row
+        return update(row, {"fingerprint": grouping.fingerprint(frames)})
     except BaseException:
-        target.unlink(missing_ok=True)  # only usable videos stay in data/raw
+        _remove(target)  # only usable videos stay in data/raw
         raise
 
 
+def _remove(target: Path) -> None:
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
+
+
 def _reject(row: Row, target: Path) -> Row:
-    target.unlink(missing_ok=True)
+    _remove(target)
     return update(row, {"raw_path": None})
 
 
 def run_ingest(config: IngestConfig, raw_dir: str | Path, workers: int = 1) -> list[Row]:
     """Fill ``raw_dir`` (emptied first: it is this stage's output) and return the rows."""
     raw_dir = Path(raw_dir)
+    # rows first: a missing folder or a bad mapping file fails before anything is deleted
+    rows = folder_rows(Path(config.folder), raw_dir, config.groups) if config.folder else embedded_rows(raw_dir)
     if raw_dir.exists():
         shutil.rmtree(raw_dir)
     raw_dir.mkdir(parents=True)
-    rows = folder_rows(Path(config.folder), raw_dir) if config.folder else embedded_rows(raw_dir)
     rows = run_stage(STAGE, measure_ingest, rows, config, workers)
+    rows = grouping.merge_near_duplicates(rows, config.duplicate_distance)
     return [r if r["keep"] else update(r, {"raw_path": None}) for r in rows]
