@@ -132,8 +132,11 @@ class FrameTimes:
 
 def frame_times(path: str | Path) -> FrameTimes | None:
     """The presentation time of every frame, read from the packets without decoding; None
-    when a packet carries no timestamp (raw streams), so there is no timing to keep."""
+    when a packet carries no timestamp (raw streams) or ``path`` is a frame folder (its rate is
+    constant), so there is no timing to keep."""
     path = Path(path)
+    if is_frame_folder(path):
+        return None
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -478,6 +481,8 @@ def _one_line(stderr: str, tmp: Path, path: Path) -> str:
 
 
 def probe_has_audio(path: str | Path) -> bool:
+    if Path(path).is_dir():  # a frame folder has no sound
+        return False
     try:
         with av.open(str(path)) as container:
             return bool(container.streams.audio)
