@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .io import atomic_folder
-from .nn.autoencoder import Decoder3d, Encoder3d
+from .nn.autoencoder import Encoder3d
 from .nn.blocks import Downsample3d, ResBlock3d, SelfAttention3d, Upsample3d
 from .nn.lookup import LookupTransformer
 from .nn.vqgan import Stage1Config, Stage1Model
