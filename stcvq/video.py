@@ -122,7 +122,7 @@ def read_frames(
             if stop is not None and index >= stop:
                 break
             if index >= start and (index - start) % step == 0:
-                yield frame.to_ndarray(format=fmt)
+                yield frame.to_ndarray(format=fmt, interpolation=_SWS_DECODE)
     finally:
         container.close()
 
@@ -158,9 +158,18 @@ def read_sampled(path: str | Path, count: int, num_frames: int | None = None) ->
     return indices, frames
 
 
+# swscale's SIMD colour conversions round differently from its C code, so YUV <-> RGB bytes
+# depend on the CPU (its SSE2-only and SSSE3+ paths differ on carphone). accurate_rnd+bitexact
+# selects the C-exact path on every CPU; bilinear is PyAV's default, bicubic the ffmpeg CLI's.
+_SWS_DECODE = 0x2 | 0x40000 | 0x80000  # SWS_BILINEAR | SWS_ACCURATE_RND | SWS_BITEXACT
+_SWS_ENCODE = "bicubic+accurate_rnd+bitexact"
+
 # x264 settings that make encodes byte-identical run to run: one thread (frame-threaded
 # x264 output depends on the thread count) and no encoder/version metadata.
-_DETERMINISTIC = {"threads": 1, "fflags": "+bitexact", "map_metadata": -1}
+_DETERMINISTIC = {"threads": 1, "fflags": "+bitexact", "map_metadata": -1, "sws_flags": _SWS_ENCODE}
+# x264 picks its assembly from the CPU and the tiers do not give the same bytes (SSE2-only and
+# none differ from SSSE3 and up on carphone); asm=0 runs its C code everywhere, 3-5x slower.
+_X264_PORTABLE = "asm=0"
 
 
 def write_video(
@@ -175,12 +184,15 @@ def write_video(
     preset: str = "medium",
     audio_from: str | Path | None = None,
     extra_output_args: dict | None = None,
+    portable: bool = False,
 ) -> Path:
     """Encode RGB uint8 frames to ``path`` atomically; return ``path``.
 
     ``crf`` (or ``qp``; ``qp=0`` is lossless x264 in yuv444p/rgb) sets the quality for x264.
     For ``codec="ffv1"`` both are ignored. ``audio_from`` copies the first audio stream of
     that file (if it has one) into the output unchanged; every video frame is kept.
+    ``portable`` runs x264 without CPU-specific assembly, so the same frames give the same
+    bytes on any x86-64 machine (the data stages use it; it costs encoding speed).
     """
     import ffmpeg  # ffmpeg-python only builds the command line
 
@@ -204,6 +216,8 @@ def write_video(
             out_args["qp"] = qp
         elif crf is not None:
             out_args["crf"] = crf
+        if portable and codec == "libx264":
+            out_args["x264-params"] = _X264_PORTABLE
     if codec == "ffv1":
         out_args.update({"level": 3, "slices": 4, "slicecrc": 1})
     out_args.update(extra_output_args or {})
@@ -271,7 +285,7 @@ def _check_frame(frame: np.ndarray, path: Path) -> np.ndarray:
 def encode_decode_roundtrip(frames: Sequence[np.ndarray], fps: float, crf: int, workdir: str | Path) -> np.ndarray:
     """Compress ``frames`` with real libx264 at ``crf`` and decode them back (Eq. 9's ffmpeg_crf)."""
     out = Path(workdir) / f"crf{crf}.mp4"
-    write_video(out, frames, fps, crf=crf)
+    write_video(out, frames, fps, crf=crf, portable=True)
     try:
         return read_video(out)
     finally:
