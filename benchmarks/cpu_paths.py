@@ -1,7 +1,7 @@
 """Which bytes depend on the CPU: hashes of each byte-making step with CPU-specific code paths
 switched off one by one, imitating older or different CPUs on this one.
 
-Usage: .venv/bin/python benchmarks/cpu_paths.py [--quick]
+Usage: .venv/bin/python benchmarks/cpu_paths.py [--quick] [--data]
 
 Prints one JSON object. Each check runs in a fresh process per variant, because the switches
 are read once per process:
@@ -14,6 +14,8 @@ are read once per process:
 * the derived embedded videos as ``ingest`` writes them, under all of the above at once
   (x264 excepted: ``ingest`` runs it without assembly on every CPU).
 
+``--data`` adds ``crop`` (the cropped videos and boxes) and ``shards`` (every task's shards)
+under the same imitated machines, from the pipeline's ``data/`` (run ``make repro`` first).
 ``same`` is true when every variant of a check gave one hash. ``--quick`` decodes fewer frames.
 """
 
@@ -131,6 +133,38 @@ def child(check: str, variant: str, frames: int) -> str:
                 make_derived(src, derivation, target, IngestConfig())
                 hashes.append(f"{derivation}={hashlib.md5(target.read_bytes()).hexdigest()}")
             return " ".join(hashes)
+    if check in ("crop", "shards"):  # from the pipeline's own data/ (run `make repro` first)
+        av_flags, cpuflags = variant.split("|")
+        _force_av_flags(av_flags)
+        import pandas as pd
+
+        with tempfile.TemporaryDirectory() as d:
+            _ffmpeg_cpuflags(cpuflags, Path(d))
+            out = Path(d) / "out"
+            out.mkdir()
+            if check == "crop":
+                from stcvq.curate.crop import CropConfig, CropJob, measure_crop
+
+                rows = pd.read_parquet(ROOT / "data/manifests/ingest.parquet").to_dict("records")
+                boxes = [measure_crop(r, CropJob(CropConfig(), 64, str(out))).get("crop_box") for r in rows
+                         if r["video_id"].startswith("carphone")]
+                return _md5([json.dumps(boxes).encode()] + [p.read_bytes() for p in sorted(out.iterdir())])
+            from pipeline.common import load_params
+            from stcvq.config import from_dict
+            from stcvq.degrade import SynthesisConfig
+            from stcvq.shards import ShardConfig, write_task_shards
+
+            params = load_params("synthesize", "shards", "seed", "clips")
+            hashes = []
+            for task in ("bfvr", "deflicker", "deflicker-pixel"):
+                synth = from_dict(SynthesisConfig, {task.replace("-", "_"): params["synthesize"].get(task, {})}, where="params")
+                folder = out / task
+                folder.mkdir()
+                write_task_shards(pd.read_parquet(ROOT / "data/clips.parquet"), task, synth,
+                                  from_dict(ShardConfig, params["shards"], where="params"), folder, seed=params["seed"],
+                                  workers=1, splits=list(params["clips"].get("splits") or []))
+                hashes.append(f"{task}={_md5(p.name.encode() + p.read_bytes() for p in sorted(folder.iterdir()))}")
+            return " ".join(hashes)
     raise SystemExit(f"unknown check {check!r}")
 
 
@@ -167,6 +201,9 @@ def main() -> None:
         "sse-era": ("sse2|sse2", {"OPENCV_IPP": "sse42", "OPENCV_CPU_DISABLE": "AVX512-SKX,AVX2,FP16,AVX"}),
     }
     record("ingest_derived", {m: _run("ingest_derived", v, frames, env) for m, (v, env) in machines.items()})
+    if "--data" in sys.argv:
+        for check in ("crop", "shards"):
+            record(check, {m: _run(check, v, frames, env) for m, (v, env) in machines.items()})
     print(json.dumps(result, indent=2))
 
 

@@ -168,7 +168,8 @@ _SWS_ENCODE = "bicubic+accurate_rnd+bitexact"
 # x264 output depends on the thread count) and no encoder/version metadata.
 _DETERMINISTIC = {"threads": 1, "fflags": "+bitexact", "map_metadata": -1, "sws_flags": _SWS_ENCODE}
 # x264 picks its assembly from the CPU and the tiers do not give the same bytes (SSE2-only and
-# none differ from SSSE3 and up on carphone); asm=0 runs its C code everywhere, 3-5x slower.
+# none differ from SSSE3 and up on carphone); asm=0 runs its C code on every CPU, 4.5x slower
+# on 512^2 frames here.
 _X264_PORTABLE = "asm=0"
 
 
@@ -191,8 +192,8 @@ def write_video(
     ``crf`` (or ``qp``; ``qp=0`` is lossless x264 in yuv444p/rgb) sets the quality for x264.
     For ``codec="ffv1"`` both are ignored. ``audio_from`` copies the first audio stream of
     that file (if it has one) into the output unchanged; every video frame is kept.
-    ``portable`` runs x264 without CPU-specific assembly, so the same frames give the same
-    bytes on any x86-64 machine (the data stages use it; it costs encoding speed).
+    ``portable`` runs x264 without CPU-specific assembly, so its bytes do not depend on the
+    CPU's SIMD (the data stages use it; it costs encoding speed).
     """
     import ffmpeg  # ffmpeg-python only builds the command line
 

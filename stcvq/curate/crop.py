@@ -18,7 +18,8 @@ training crops never contain synthetic borders.
 
 The cropped video is written at ``resolution`` x ``resolution`` (area averaging when shrinking,
 bicubic when enlarging, in integer maths: :mod:`stcvq.resample`) as lossless FFV1 in RGB (.mkv):
-later stages read exactly these pixels. Fewer than ``min_face_frames`` of the sampled frames with a face -> ``no_face``.
+later stages read exactly these pixels. Fewer than ``min_face_frames`` of the sampled frames
+with a face -> ``no_face``.
 """
 
 from __future__ import annotations
