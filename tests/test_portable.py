@@ -48,6 +48,7 @@ def test_integer_factor_shrink_is_the_block_mean():
 
 def test_close_to_opencv_own_resize():
     image = _pattern(144, 176)
+    was = cv2.ipp.useIPP()
     cv2.ipp.setUseIPP(False)  # OpenCV's own code; IPP's differs by CPU (the reason for resample)
     try:
         for (w, h), interp in [((704, 576), cv2.INTER_CUBIC), ((64, 64), cv2.INTER_AREA), ((44, 36), cv2.INTER_AREA)]:
@@ -55,7 +56,7 @@ def test_close_to_opencv_own_resize():
             theirs = cv2.resize(image, (w, h), interpolation=interp).astype(int)
             assert np.abs(ours - theirs).max() <= 1, (w, h)
     finally:
-        cv2.ipp.setUseIPP(True)
+        cv2.ipp.setUseIPP(was)
 
 
 def test_same_size_is_a_copy_and_gray_works():
