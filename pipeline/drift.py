@@ -86,9 +86,12 @@ def compare(old: dict[str, Any], new: dict[str, Any], table: Sequence[tuple[str,
 
     ``old`` and ``new`` map a metrics file (relative to metrics/) to its parsed JSON.
     """
-    flat_old = {f"{f}:{k}": v for f, data in old.items() for k, v in flatten(data)}
+    gone = sorted(f for f in old if f not in new)
+    # a file that is gone entirely is one row, not one per metric it held
+    rows = [{"metric": f"{f}:*", "committed": "(file)", "now": _ABSENT, "drift": None, "tolerance": tolerance_for(f"{f}:*", table),
+             "status": "ignored" if tolerance_for(f"{f}:*", table) == "ignore" else "missing"} for f in gone]
+    flat_old = {f"{f}:{k}": v for f, data in old.items() if f in new for k, v in flatten(data)}
     flat_new = {f"{f}:{k}": v for f, data in new.items() for k, v in flatten(data)}
-    rows = []
     for name in sorted(set(flat_old) | set(flat_new)):
         tol = tolerance_for(name, table)
         a, b = flat_old.get(name, _ABSENT), flat_new.get(name, _ABSENT)

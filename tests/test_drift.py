@@ -62,6 +62,10 @@ def test_timings_and_per_clip_values_are_ignored_missing_and_new_are_reported():
     assert _status(rows, "bfvr.json:per_clip[0].psnr") == "ignored"
     assert _status(rows, "stage1.json:step") == "missing"
     assert _status(rows, "stage1.json:val_psnr_first_eval") == "new"
+    del new["curation.json"]
+    rows = drift.compare(COMMITTED, new)
+    assert _status(rows, "curation.json:*") == "missing"
+    assert not [r for r in rows if r["metric"].startswith("curation.json:") and r["metric"] != "curation.json:*"]
 
 
 def test_extra_tolerances_come_first():
