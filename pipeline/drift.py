@@ -2,10 +2,11 @@
 
 Usage: python -m pipeline.drift [--against REV] [--run] [--tol PATTERN=VALUE ...] [--all]
 
-Compares every ``metrics/*.json`` (timings in ``metrics/efficiency/`` are left out) as written in
-the working tree with the same files at git revision ``REV`` (default ``HEAD``, i.e. the
-committed results). ``--run`` first runs ``dvc repro`` (a clean clone rebuilds everything, about
-12 minutes on 2 cores), so one command re-runs the pipeline and reports. Exits 1 when any metric
+Compares every ``metrics/*.json`` (timings in ``metrics/efficiency/`` and per-clip lists are
+left out) as written in the working tree with the same files at git revision ``REV`` (default
+``HEAD``, i.e. the committed results). ``--run`` first runs ``dvc repro`` (a clean clone rebuilds
+everything: about 12 minutes on an idle 2-core machine), so one command re-runs the pipeline and
+reports. Exits 1 when any metric
 drifts past its tolerance, changes a non-numeric value, or disappears; 0 otherwise.
 
 Each JSON leaf is one metric, named ``file:key.sub[index]``. Its tolerance is the first entry of
@@ -30,9 +31,9 @@ from typing import Any, Iterator, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = "metrics"
 
-# (pattern, tolerance), first match wins. Learned metrics of the embedded default: its 300-step
-# Stage I moved 0.125 dB in val PSNR and 0.07 in codebook use when only the raw bytes changed
-# (issue 13), so those are the scale of noise a machine change alone should stay within.
+# (pattern, tolerance), first match wins. The learned ones are judgement: the embedded default's
+# 300-step Stage I moved 0.125 dB in val PSNR and 0.07 in codebook use on a machine whose x264
+# wrote one raw video differently, and a machine change alone should stay within that scale.
 TOLERANCES: list[tuple[str, float | str]] = [
     ("efficiency/*", "ignore"),
     ("*:*per_clip*", "ignore"),  # per-clip values: the means below are what the README cites
