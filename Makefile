@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.stcvq-installed
 # dvc.yaml runs `python -m pipeline.<stage>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env repro test clean-env
+.PHONY: env repro test drift clean-env
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ repro: env
 
 test: env
 	$(BIN)/python -m pytest -q
+
+# Per-metric drift of the working tree's metrics from git HEAD's (DRIFT_ARGS="--run" re-runs the
+# pipeline first, "--against REV" names another commit); exits 1 past a tolerance.
+drift: env
+	$(BIN)/python -m pipeline.drift $(DRIFT_ARGS)
 
 clean-env:
 	rm -rf $(VENV)

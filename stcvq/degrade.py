@@ -30,6 +30,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
+from stcvq import resample
 from stcvq.config import check
 from stcvq.video import encode_decode_roundtrip
 
@@ -219,7 +220,7 @@ def bfvr_degrade(
         "params": drawn,
         "ranges": dataclasses.asdict(cfg),
         "noise": "independent Gaussian field per frame, per channel",
-        "codec": "libx264 yuv420p preset medium, 1 thread (stcvq.video.encode_decode_roundtrip)",
+        "codec": "libx264 yuv420p preset medium, 1 thread, no assembly (stcvq.video.encode_decode_roundtrip)",
         "resize": "blur reflect border; linear down; linear up",
         "lq_noisefree": "same draws with noise_sigma = 0",
         "blur_sigma_applied_scale": sigma_scale,  # blur_sigma * this = sigma in this clip's pixels
@@ -282,8 +283,9 @@ class SyntheticRerender:
     def render(self, frame: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
         cfg = self.cfg
         height, width = frame.shape[:2]
-        small = cv2.resize(frame, (max(1, width // cfg.scale), max(1, height // cfg.scale)), interpolation=cv2.INTER_AREA)
-        up = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        # integer area/cubic resampling: cv2's goes through IPP, whose bytes depend on the CPU
+        small = resample.resize(frame, max(1, width // cfg.scale), max(1, height // cfg.scale))
+        up = resample.resize(small, width, height).astype(np.float32)
         strength = float(rng.uniform(*cfg.detail_strength))
         grain = float(rng.uniform(*cfg.detail_sigma))
         amount = float(rng.uniform(*cfg.sharpen))

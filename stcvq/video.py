@@ -182,7 +182,7 @@ def read_frames(
             if stop is not None and index >= stop:
                 break
             if index >= start and (index - start) % step == 0:
-                yield frame.to_ndarray(format=fmt)
+                yield frame.to_ndarray(format=fmt, interpolation=_SWS_DECODE)
     finally:
         container.close()
 
@@ -339,9 +339,19 @@ def _read_frame_folder(folder: Path, start: int, stop: int | None, step: int, gr
         yield cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY if gray else cv2.COLOR_BGR2RGB)
 
 
+# swscale's SIMD colour conversions round differently from its C code, so YUV <-> RGB bytes
+# depend on the CPU (its SSE2-only and SSSE3+ paths differ on carphone). accurate_rnd+bitexact
+# selects the C-exact path on every CPU; bilinear is PyAV's default, bicubic the ffmpeg CLI's.
+_SWS_DECODE = 0x2 | 0x40000 | 0x80000  # SWS_BILINEAR | SWS_ACCURATE_RND | SWS_BITEXACT
+_SWS_ENCODE = "bicubic+accurate_rnd+bitexact"
+
 # x264 settings that make encodes byte-identical run to run: one thread (frame-threaded
 # x264 output depends on the thread count) and no encoder/version metadata.
-_DETERMINISTIC = {"threads": 1, "fflags": "+bitexact", "map_metadata": -1}
+_DETERMINISTIC = {"threads": 1, "fflags": "+bitexact", "map_metadata": -1, "sws_flags": _SWS_ENCODE}
+# x264 picks its assembly from the CPU and the tiers do not give the same bytes (SSE2-only and
+# none differ from SSSE3 and up on carphone); asm=0 runs its C code on every CPU, 4.5x slower
+# on 512^2 frames here.
+_X264_PORTABLE = "asm=0"
 
 
 def write_video(
@@ -357,6 +367,7 @@ def write_video(
     audio_from: str | Path | None = None,
     extra_output_args: dict | None = None,
     times: FrameTimes | None = None,
+    portable: bool = False,
 ) -> Path:
     """Encode RGB uint8 frames to ``path`` atomically; return ``path``.
 
@@ -365,6 +376,8 @@ def write_video(
     that file (if it has one) into the output unchanged; every video frame is kept.
     ``times`` gives frame i the timestamp ``times.pts[i]`` instead of ``i / fps`` (a
     variable-rate video keeps its timing, so copied audio stays in sync).
+    ``portable`` runs x264 without CPU-specific assembly, so its bytes do not depend on the
+    CPU's SIMD (the data stages use it; it costs encoding speed).
     """
     import ffmpeg  # ffmpeg-python only builds the command line
 
@@ -394,6 +407,8 @@ def write_video(
             out_args["qp"] = qp
         elif crf is not None:
             out_args["crf"] = crf
+        if portable and codec == "libx264":
+            out_args["x264-params"] = _X264_PORTABLE
     if codec == "ffv1":
         out_args.update({"level": 3, "slices": 4, "slicecrc": 1})
     out_args.update(extra_output_args or {})
@@ -509,7 +524,7 @@ def _check_frame(frame: np.ndarray, path: Path) -> np.ndarray:
 def encode_decode_roundtrip(frames: Sequence[np.ndarray], fps: float, crf: int, workdir: str | Path) -> np.ndarray:
     """Compress ``frames`` with real libx264 at ``crf`` and decode them back (Eq. 9's ffmpeg_crf)."""
     out = Path(workdir) / f"crf{crf}.mp4"
-    write_video(out, frames, fps, crf=crf)
+    write_video(out, frames, fps, crf=crf, portable=True)
     try:
         return read_video(out)
     finally:

@@ -2,7 +2,7 @@
 
 For each video, ``sample_frames`` evenly spread frames are decoded and searched for faces
 (dlib HOG with ``upsample`` by default, the CNN detector as an option). Frames larger than
-``detect_max_side`` are shrunk first (INTER_AREA) and the boxes scaled back: a 1280x720
+``detect_max_side`` are shrunk first (area averaging) and the boxes scaled back: a 1280x720
 frame upsampled for HOG would cost 16x a 320-wide one and the faces we want fill a good part
 of the frame anyway.
 
@@ -16,9 +16,10 @@ shifted into the frame; if it is larger than the frame's shorter side it is shru
 side (centred on the face as far as the frame allows). No padding is ever added, so
 training crops never contain synthetic borders.
 
-The cropped video is written at ``resolution`` x ``resolution`` (INTER_AREA when shrinking,
-INTER_CUBIC when enlarging) as lossless FFV1 in RGB (.mkv): later stages read exactly these
-pixels. Fewer than ``min_face_frames`` of the sampled frames with a face -> ``no_face``.
+The cropped video is written at ``resolution`` x ``resolution`` (area averaging when shrinking,
+bicubic when enlarging, in integer maths: :mod:`stcvq.resample`) as lossless FFV1 in RGB (.mkv):
+later stages read exactly these pixels. Fewer than ``min_face_frames`` of the sampled frames
+with a face -> ``no_face``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ import logging
 from pathlib import Path
 from typing import Literal, Sequence
 
-import cv2
 import numpy as np
 
-from stcvq import faces
+from stcvq import faces, resample
 from stcvq.config import check
 from stcvq.curate.manifest import Row, drop, update
 from stcvq.curate.runner import run_stage
@@ -75,7 +75,7 @@ def detect_in_frame(frame: np.ndarray, config: CropConfig) -> list[faces.FaceBox
     h, w = frame.shape[:2]
     scale = min(1.0, config.detect_max_side / max(h, w))
     if scale < 1.0:
-        small = cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        small = resample.resize(frame, max(1, round(w * scale)), max(1, round(h * scale)))
         boxes = faces.detect_faces(small, upsample=config.upsample, detector=config.detector)
         return [b.scaled(1.0 / scale) for b in boxes]
     return faces.detect_faces(frame, upsample=config.upsample, detector=config.detector)
@@ -125,9 +125,8 @@ def face_proportion(boxes: Sequence[faces.FaceBox], crop_box: tuple[int, int, in
 
 def crop_frame(frame: np.ndarray, crop_box: tuple[int, int, int, int], resolution: int) -> np.ndarray:
     x0, y0, x1, y1 = crop_box
-    patch = frame[y0:y1, x0:x1]
-    interpolation = cv2.INTER_AREA if (x1 - x0) > resolution else cv2.INTER_CUBIC
-    return cv2.resize(patch, (resolution, resolution), interpolation=interpolation)
+    # integer area/cubic resampling: cv2's goes through IPP, whose bytes depend on the CPU
+    return resample.resize(frame[y0:y1, x0:x1], resolution, resolution)
 
 
 def measure_crop(row: Row, job: CropJob) -> Row:

@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stcvq import resample
 from stcvq.config import check
 from stcvq.curate import groups as grouping
 from stcvq.curate.manifest import Row, drop, new_row, update
@@ -189,13 +190,13 @@ def make_derived(source: Path, derivation: str, target: Path, config: IngestConf
     if derivation == "caption":
         frames = (burn_caption(f, config.caption) for f in read_frames(source))
     elif derivation == "x4":
-        size = (4 * info.width, 4 * info.height)
-        frames = (cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in read_frames(source))
+        # integer bicubic: cv2's goes through IPP, whose bytes depend on the CPU
+        frames = (resample.resize(f, 4 * info.width, 4 * info.height) for f in read_frames(source))
     elif derivation == "halffps":
         frames, fps = read_frames(source, step=2), fps / 2
     else:
         raise ValueError(f"{source}: unknown derivation {derivation!r}")
-    write_video(target, frames, fps, crf=config.derived_crf, audio_from=None)
+    write_video(target, frames, fps, crf=config.derived_crf, audio_from=None, portable=True)
 
 
 def colorfulness(frames: list[np.ndarray]) -> float:
