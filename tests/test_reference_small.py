@@ -150,3 +150,15 @@ def test_evaluate_scores_an_imported_model_on_a_paired_set(imported, carphone_pa
     report = json.loads(out.read_text())
     assert report["task"] == "bfvr" and report["clips"] == 1
     assert report["output"]["psnr"] is not None and report["output"]["psnr"] != report["input"]["psnr"]
+
+
+def test_no_embedded_default_notice_for_an_imported_model(imported):
+    """The 64x64 notice is for the pipeline's own tiny models, not for imported weights."""
+    from stcvq.cli import embedded_default_notice
+
+    model = Stage2Model.from_pretrained(imported)
+    assert model.size == 64
+    assert embedded_default_notice(model, imported) is None
+    plain = imported.parent / "plain"
+    model.save_pretrained(plain)  # the same network without provenance: the notice applies
+    assert "import-reference --download bfvr" in embedded_default_notice(model, plain)
