@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 TASKS = ("bfvr", "deflicker", "deflicker-pixel")
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts"}
 # Containers ffmpeg muxes H.264 into (with the input's audio copied); a folder input's other
 # videos (.webm, .flv, ...) are written as NAME.mp4.
 OUTPUT_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
@@ -93,7 +92,7 @@ def embedded_default_notice(model, model_dir: Path) -> str | None:
 def _enhance_jobs(src: Path, dst: Path) -> tuple[list[tuple[Path, Path]], str | None]:
     """(input, output) pairs, or a usage problem found before any work. A folder of frames is
     one video; a folder of videos (and of frame folders) is one job each."""
-    from stcvq.video import is_frame_folder
+    from stcvq.video import VIDEO_SUFFIXES, is_frame_folder
 
     if src.is_dir() and not is_frame_folder(src):
         if dst.exists() and not dst.is_dir():
@@ -276,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lq", required=True, help="folder of degraded videos (or folders of frames)")
     ev.add_argument("--gt", required=True, help="folder of ground-truth videos, matched to --lq by name")
     ev.add_argument("-o", "--output", required=True, help="JSON report, the schema of metrics/<task>.json")
-    ev.add_argument("--frames", type=int, help="first frames scored per video (default: the model's clip length)")
-    ev.add_argument("--size", type=int, help="frames resized to SIZE x SIZE (default: the model's size)")
-    ev.add_argument("--max-videos", type=int, help="score only the first N pairs (by name)")
+    ev.add_argument("--frames", type=_int_range(1), help="first frames scored per video (default: the model's clip length)")
+    ev.add_argument("--size", type=_int_range(1), help="frames resized to SIZE x SIZE (default: the model's size)")
+    ev.add_argument("--max-videos", type=_int_range(1), help="score only the first N pairs (by name)")
     ev.add_argument("--no-faces", action="store_true", help="skip AKD / IDS / Face-Cons (dlib, the slow part on CPU)")
     ev.add_argument("--lpips-weights", help="LPIPS weights (local path); without them LPIPS is null with a reason")
     ev.add_argument("--lpips-net", default="alex")

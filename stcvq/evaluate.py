@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -218,14 +217,6 @@ def evaluate_task(
 # ---------------------------------------------------------------------------------------
 # Paired test sets: degraded and ground-truth folders matched by name
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def _natural_key(path: Path) -> list[int | str]:
-    # frame folders are often unpadded (1.png ... 10.png): 10 must come after 9
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
 def _videos_by_name(folder: Path) -> dict[str, Path]:
     """Video files (by stem) and frame folders (by name) directly inside ``folder``."""
     if not folder.is_dir():
@@ -273,16 +264,7 @@ def read_first_frames(path: Path, frames: int, size: int) -> np.ndarray:
     """The first ``frames`` frames of a video file or of a folder of images (in natural name
     order), each resized to ``size`` x ``size`` (the aspect ratio is not kept, as in the
     paper's protocol): (frames, size, size, 3) uint8 RGB. Fewer frames is a ValueError."""
-    if path.is_dir():
-        images = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)[:frames]
-        raw = []
-        for image in images:
-            bgr = cv2.imread(str(image), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise VideoError(f"{image}: unreadable image")
-            raw.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    else:
-        raw = list(read_frames(path, stop=frames))
+    raw = list(read_frames(path, stop=frames))  # a frame folder reads in natural name order
     if len(raw) < frames:
         raise ValueError(f"{path}: has {len(raw)} frames, fewer than the {frames} scored (pass fewer frames to score it)")
     return np.stack([resize_square(frame, size) for frame in raw])

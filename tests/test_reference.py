@@ -215,14 +215,11 @@ def test_import_round_trip(bfvr_file, tmp_path):
 
 
 def test_import_errors_name_the_file_and_write_nothing(tmp_path):
-    state = rule_state_dict("deflicker", keep=lambda k: k.startswith("encoder.blocks.0."))
-    cases = {"missing": {"params": state}}
-    for name, content in cases.items():
-        path = tmp_path / f"{name}.pth"
-        torch.save(content, path)
-        with pytest.raises(reference.ReferenceCheckpointError,
-                           match=rf"{path}: not the expected reference layout; 438 missing: encoder\.blocks\.1\.conv1\.bias"):
-            reference.import_checkpoint(path, "deflicker", tmp_path / "out")
+    missing = tmp_path / "missing.pth"  # only the first conv, under BasicSR's other entry name
+    torch.save({"params": rule_state_dict("deflicker", keep=lambda k: k.startswith("encoder.blocks.0."))}, missing)
+    with pytest.raises(reference.ReferenceCheckpointError,
+                       match=rf"{missing}: not the expected reference layout; 438 missing: encoder\.blocks\.1\.conv1\.bias"):
+        reference.import_checkpoint(missing, "deflicker", tmp_path / "out")
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
     with pytest.raises(reference.ReferenceCheckpointError, match=rf"{text}: not a PyTorch checkpoint"):
@@ -232,7 +229,7 @@ def test_import_errors_name_the_file_and_write_nothing(tmp_path):
     with pytest.raises(reference.ReferenceCheckpointError, match=rf"{code}: not a tensors-only .*Unsupported global: GLOBAL print"):
         reference.import_checkpoint(code, "bfvr", tmp_path / "out")
     truncated = tmp_path / "truncated.pth"
-    truncated.write_bytes((tmp_path / "missing.pth").read_bytes()[:1000])
+    truncated.write_bytes(missing.read_bytes()[:1000])
     with pytest.raises(reference.ReferenceCheckpointError, match=rf"{truncated}: unreadable PyTorch checkpoint"):
         reference.import_checkpoint(truncated, "bfvr", tmp_path / "out")
     assert not (tmp_path / "out").exists()
