@@ -49,7 +49,9 @@ def main(task: str) -> None:
     else:
         source = Path("data/shards") / task / f"test-{task}.json"
         samples = ClipDataset(source, batch_size=None, shuffle=False, on_error="skip")
-        restorer = model
+        # a model of another clip size (e.g. an imported 512^2 one) sees the clips resized
+        first = next(iter(samples), None)
+        restorer = model if first is None else paired_restorer(model, first["hq"].shape[1], first["hq"].shape[-1], cfg.device)
 
     report = evaluate_task(restorer, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces, device=cfg.device)
     if isinstance(samples, PairedTestSet):

@@ -188,3 +188,12 @@ def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
     assert frames.shape == (3 * 16 + 2 * 2, 4 * 16 + 3 * 2, 3)
     with pytest.raises(SystemExit, match="unknown task"):
         stage.main("denoise")
+
+    # a model of another clip size (an imported 512^2 one, here 32^2) scores the 16^2 clips resized
+    Stage2Model(Stage2Config.tiny(size=32)).save_pretrained(tmp_path / "other")
+    tasks = {"bfvr": {"model": str(tmp_path / "other")}}
+    monkeypatch.setattr(stage, "load_params", lambda *sections: {"evaluate": {"faces": False, "tasks": tasks}})
+    stage.main("bfvr")
+    other = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
+    assert other["clips"] == 2 and other["input"]["psnr"] == report["input"]["psnr"]
+    assert other["output"]["psnr"] != report["output"]["psnr"]
