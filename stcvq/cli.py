@@ -16,7 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-TASKS = ("bfvr", "deflicker", "deflicker-pixel")
+from .tasks import TASKS
+
 # Containers ffmpeg muxes H.264 into (with the input's audio copied); a folder input's other
 # videos (.webm, .flv, ...) are written as NAME.mp4.
 OUTPUT_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")

@@ -32,11 +32,11 @@ import numpy as np
 
 from stcvq import resample
 from stcvq.config import check
+from stcvq.tasks import TASKS
 from stcvq.video import encode_decode_roundtrip
 
 log = logging.getLogger(__name__)
 
-TASKS = ("bfvr", "deflicker", "deflicker-pixel")
 
 SYNTHETIC_BACKEND_LABEL = (
     "synthetic: weights-free imitation of per-frame re-rendering (4x down/up with independent "

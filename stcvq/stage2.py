@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import check, from_dict, to_dict
+from .tasks import TASKS
 from .nn.export import load_model_weights, read_model_config, save_model_folder
 from .nn.lookup import LookupConfig, LookupTransformer
 from .nn.temporal import reference_stage2_residual, temporal_residual
@@ -58,7 +59,6 @@ from .train import ClipSource, StepOutput, TrainConfig, TrainResult, code_finger
 log = logging.getLogger(__name__)
 
 MODEL_TYPE = "stcvq-stage2"
-TASKS = ("bfvr", "deflicker", "deflicker-pixel")
 
 
 # ---------------------------------------------------------------------------------------------

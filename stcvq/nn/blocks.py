@@ -5,7 +5,6 @@ All tensors are video feature maps shaped (B, C, T, H, W).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Literal
 
@@ -139,10 +138,3 @@ def attention_block(channels: int, layout: AttentionLayout, heads: int = 1) -> n
     if layout == "factorized":
         return nn.Sequential(SelfAttention3d(channels, "spatial", heads), SelfAttention3d(channels, "temporal", heads))
     raise ValueError(f"unknown attention layout {layout!r}; expected 'global' or 'factorized'")
-
-
-def no_autocast(device: torch.device):
-    """A context that runs its body in float32 even inside an autocast region."""
-    if device.type in ("cpu", "cuda"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()  # meta tensors (FLOP counting) have no autocast

@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import no_autocast
+from .runtime import no_autocast
 
 Regularizer = Literal["none", "pdr", "mpr"]
 CodebookInit = Literal["uniform", "normal"]

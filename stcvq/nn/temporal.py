@@ -13,7 +13,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .blocks import SelfAttention3d, no_autocast
+from .blocks import SelfAttention3d
+from .runtime import no_autocast
 
 FusionMode = Literal["add", "conv", "fft3d"]
 
