@@ -21,7 +21,9 @@ env: $(STAMP)
 repro: env
 	$(BIN)/dvc repro
 
+# lint first (pyproject.toml [tool.ruff]): a style fault fails fast, before the long test run
 test: env
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # Per-metric drift of the working tree's metrics from git HEAD's (DRIFT_ARGS="--run" re-runs the

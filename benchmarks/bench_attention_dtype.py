@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stcvq.bench import gemm_flops_per_s  # noqa: E402
 
 
-def attention_flops_per_s(dtype: torch.dtype, batch: int, heads: int, tokens: int, head_dim: int, repeats: int = 2) -> float:
+def attention_flops_per_s(dtype: torch.dtype, batch: int, heads: int, tokens: int, head_dim: int,
+                          repeats: int = 2) -> float:
     """Best-of-``repeats`` FLOP/s of SDPA (QK^T and AV: 4 * B * heads * L^2 * d FLOPs)."""
     q, k, v = (torch.randn(batch, heads, tokens, head_dim).to(dtype) for _ in range(3))
     with torch.inference_mode():

@@ -84,7 +84,8 @@ def main() -> None:
         report["speedup"] = {
             "first_vs_last": f"{runs[0]['workers']} vs {runs[-1]['workers']} workers",
             "total": round(runs[-1]["total_seconds"] / runs[0]["total_seconds"], 2),
-            "per_stage": {s: round(runs[-1]["stages"][s]["seconds"] / runs[0]["stages"][s]["seconds"], 2) for s in STAGES},
+            "per_stage": {s: round(runs[-1]["stages"][s]["seconds"] / runs[0]["stages"][s]["seconds"], 2)
+                          for s in STAGES},
         }
     print(json.dumps(report, indent=2))
 

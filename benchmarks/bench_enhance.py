@@ -34,13 +34,16 @@ def bench(*args: str) -> dict:
 def bf16_difference() -> dict:
     """bf16 vs float32 output of the embedded-default model on the first frames of a real clip."""
     from stcvq import video
-    from stcvq.curate.ingest import embedded_source_dir
     from stcvq.bench import build_bench_model, dtype_output_difference
+    from stcvq.curate.ingest import embedded_source_dir
     from stcvq.enhance import WholeFrame, _to_tensor
     from stcvq.stage2 import Stage2Model
 
     trained = Path("models/stage2-bfvr")
-    model = Stage2Model.from_pretrained(trained) if trained.is_dir() else build_bench_model("default", "bfvr", None, None, None)
+    if trained.is_dir():
+        model = Stage2Model.from_pretrained(trained)
+    else:
+        model = build_bench_model("default", "bfvr", None, None, None)
     path = embedded_source_dir() / "carphone_pristine.mp4"
     frames = [frame for _, frame in zip(range(model.clip_length), video.read_frames(path))]
     framing = WholeFrame(*frames[0].shape[:2], model.size)
@@ -68,10 +71,12 @@ def main() -> int:
             ratios["default_bf16_vs_float32"] = bf16_difference()
     if args.reference:
         for dtype in ("float32", "bf16"):
-            run = bench("--profile", "reference", "--frames", "24", "--size", "512", "--dtype", dtype, "--device", args.device)
+            run = bench("--profile", "reference", "--frames", "24", "--size", "512", "--dtype", dtype,
+                        "--device", args.device)
             for key in ("seconds", "peak_rss_gib", "fraction_of_gemm", "fraction_of_gemm_cpu_time", "flops"):
                 ratios[f"reference_{dtype}_{key}"] = run[key]
-        ratios["reference_bf16_over_float32_seconds"] = ratios["reference_bf16_seconds"] / ratios["reference_float32_seconds"]
+        ratios["reference_bf16_over_float32_seconds"] = (ratios["reference_bf16_seconds"]
+                                                         / ratios["reference_float32_seconds"])
         size = str(args.rss_size)
         one = bench("--profile", "reference", "--frames", "24", "--size", size, "--device", args.device)
         ten = bench("--profile", "reference", "--frames", "240", "--size", size, "--device", args.device)

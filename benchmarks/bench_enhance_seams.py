@@ -29,7 +29,8 @@ from stcvq.stage2 import Stage2Model  # noqa: E402
 
 def seam_steps(model: Stage2Model, still: list[np.ndarray], overlap: int) -> dict[str, float]:
     framing = WholeFrame(*still[0].shape[:2], model.size)
-    out = np.stack(list(restore_stream(iter(still), model, framing.to_model, framing.from_model, StreamConfig(overlap=overlap))))
+    stream = restore_stream(iter(still), model, framing.to_model, framing.from_model, StreamConfig(overlap=overlap))
+    out = np.stack(list(stream))
     steps = np.abs(np.diff(out.astype(np.float64), axis=0)).mean(axis=(1, 2, 3))  # steps[i]: frame i -> i + 1
     length = model.clip_length
     overlap = min(overlap, length - 1)

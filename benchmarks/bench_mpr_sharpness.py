@@ -34,7 +34,9 @@ def main() -> None:
     report = {}
     with torch.no_grad():
         z = model.encode(clips)
-        for name, vq, latent in (("spatial", model.spatial_codebook, z), ("temporal", model.temporal_codebook, model.temporal_latent(z))):
+        branches = (("spatial", model.spatial_codebook, z),
+                    ("temporal", model.temporal_codebook, model.temporal_latent(z)))
+        for name, vq, latent in branches:
             distances = vq.distances(latent.permute(0, 2, 3, 4, 1).reshape(-1, latent.shape[1]))
             usage = torch.bincount(distances.argmin(1), minlength=vq.num_codes).float() / len(distances)
             marginals = {}
@@ -42,7 +44,8 @@ def main() -> None:
                 total, count = marginal_similarity(distances, vq.reg_eps, power)
                 marginals[f"power_{power:g}"] = kl_to_uniform(total / count, vq.reg_eps).item()
             report[name] = {"tokens": len(distances), "fraction_used": float((usage > 0).float().mean()),
-                            "kl_argmin_usage": kl_to_uniform(usage, vq.reg_eps).item(), "kl_similarity_marginal": marginals}
+                            "kl_argmin_usage": kl_to_uniform(usage, vq.reg_eps).item(),
+                            "kl_similarity_marginal": marginals}
     print(json.dumps(report))
 
 

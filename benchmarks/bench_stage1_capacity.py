@@ -60,13 +60,15 @@ def main() -> None:
     val = shard_batches(shards / f"val-{task}.json", batch_size=cfg.train.batch_size)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="stcvq-capacity-") as run_dir:
-        result = train_stage1(cfg, ShardClips(shards / f"train-{task}.json", seed=cfg.train.seed), run_dir, val_batches=val)
+        train_clips = ShardClips(shards / f"train-{task}.json", seed=cfg.train.seed)
+        result = train_stage1(cfg, train_clips, run_dir, val_batches=val)
     model = result.ema_model if result.ema_model is not None else result.model
     final = Stage1Objective.evaluate(Stage1Objective.__new__(Stage1Objective), model.eval(), val())
+    history = [(h["step"], round(h["val_psnr"], 2)) for h in result.history if "val_psnr" in h]
     print(json.dumps({"name": args.name, "overrides": args.overrides, "no_quantize": args.no_quantize,
-                      "seconds": round(time.time() - started, 1), "parameters": sum(p.numel() for p in model.parameters()),
-                      "val_psnr_history": [(h["step"], round(h["val_psnr"], 2)) for h in result.history if "val_psnr" in h],
-                      **final}))
+                      "seconds": round(time.time() - started, 1),
+                      "parameters": sum(p.numel() for p in model.parameters()),
+                      "val_psnr_history": history, **final}))
 
 
 if __name__ == "__main__":

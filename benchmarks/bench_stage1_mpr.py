@@ -82,7 +82,8 @@ def main() -> None:
             values = [f[key] for f in finals[name]]
             mean = sum(values) / len(values)
             ratio = mean / (sum(none) / len(none))
-            print(f"final {key}: {name} {' '.join(f'{v:.3f}' for v in values)} (mean {mean:.3f}, over none {ratio:.2f})")
+            per_seed = " ".join(f"{v:.3f}" for v in values)
+            print(f"final {key}: {name} {per_seed} (mean {mean:.3f}, over none {ratio:.2f})")
 
 
 if __name__ == "__main__":

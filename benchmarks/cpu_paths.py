@@ -161,7 +161,8 @@ def child(check: str, variant: str, frames: int) -> str:
             params = load_params("synthesize", "shards", "seed", "clips")
             hashes = []
             for task in ("bfvr", "deflicker", "deflicker-pixel"):
-                synth = from_dict(SynthesisConfig, {task.replace("-", "_"): params["synthesize"].get(task, {})}, where="params")
+                section = {task.replace("-", "_"): params["synthesize"].get(task, {})}
+                synth = from_dict(SynthesisConfig, section, where="params")
                 folder = out / task
                 folder.mkdir()
                 write_task_shards(pd.read_parquet(ROOT / "data/clips.parquet"), task, synth,
@@ -173,8 +174,8 @@ def child(check: str, variant: str, frames: int) -> str:
 
 
 def _run(check: str, variant: str, frames: int, env: dict | None = None) -> str:
-    proc = subprocess.run([sys.executable, __file__, "--child", check, variant, str(frames)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    proc = subprocess.run([sys.executable, __file__, "--child", check, variant, str(frames)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{check} {variant}: {proc.stderr.strip()[-2000:]}")
     return proc.stdout.strip().splitlines()[-1]

@@ -68,7 +68,8 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def fetch_release(task: str, cache: Path | None = None, *, base_url: str = RELEASE_BASE_URL, progress: bool = True) -> Path:
+def fetch_release(task: str, cache: Path | None = None, *, base_url: str = RELEASE_BASE_URL,
+                  progress: bool = True) -> Path:
     """The cached release checkpoint of ``task``, downloaded first if it is not there yet."""
     if task not in RELEASE_ASSETS:
         raise ValueError(f"no published checkpoint for task {task!r}; known: {sorted(RELEASE_ASSETS)}")
@@ -126,7 +127,8 @@ def _fetch_into(url: str, out: BinaryIO, part: Path, *, timeout: float, chunk_si
     with response:
         start, total = _range_of(response, offset)
         if start != offset:
-            log.warning("%s: the server ignored the range request (HTTP %d); downloading from byte 0", url, response.status)
+            log.warning("%s: the server ignored the range request (HTTP %d); downloading from byte 0",
+                        url, response.status)
             out.truncate(0)
             out.seek(0)
         bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
@@ -155,7 +157,8 @@ def _range_of(response: http.client.HTTPResponse, offset: int) -> tuple[int, int
                                 f"({response.headers.get('Content-Range')!r})")
         start = int(match.group(1))
         if start != offset:
-            raise DownloadError(f"{response.url}: download failed: asked for bytes from {offset}, got them from {start}")
+            raise DownloadError(f"{response.url}: download failed: asked for bytes from {offset}, "
+                                f"got them from {start}")
         total = int(match.group(3)) if match.group(3) != "*" else None
         if total is None and length is not None:
             total = start + int(length)

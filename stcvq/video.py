@@ -334,8 +334,8 @@ def _read_frame_folder(folder: Path, start: int, stop: int | None, step: int, gr
         if shape is None:
             shape = bgr.shape
         elif bgr.shape != shape:
-            raise VideoError(f"{folder}: unreadable: frames differ in size: {file.name} is {bgr.shape[1]}x{bgr.shape[0]}, "
-                             f"the first is {shape[1]}x{shape[0]}")
+            raise VideoError(f"{folder}: unreadable: frames differ in size: "
+                             f"{file.name} is {bgr.shape[1]}x{bgr.shape[0]}, the first is {shape[1]}x{shape[0]}")
         yield cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY if gray else cv2.COLOR_BGR2RGB)
 
 
@@ -428,7 +428,8 @@ def write_video(
             for frame in _chain(first, iterator):
                 frame = _check_frame(frame, path)
                 if frame.shape[:2] != (height, width):
-                    raise VideoError(f"{path}: frame {count} is {frame.shape[1]}x{frame.shape[0]}, expected {width}x{height}")
+                    raise VideoError(f"{path}: frame {count} is {frame.shape[1]}x{frame.shape[0]}, "
+                                     f"expected {width}x{height}")
                 sink.write(frame)
                 count += 1
             sink.close()

@@ -17,7 +17,18 @@ Identity metrics import dlib lazily through ``stcvq.faces``; importing this pack
 
 from stcvq.metrics.efficiency import device_description, time_clip
 from stcvq.metrics.fidelity import load_lpips_or_reason, lpips, psnr, ssim
+from stcvq.metrics.identity import (
+    ArcFaceEmbedder,
+    DlibEmbedder,
+    akd,
+    detect_boxes,
+    embedder,
+    face_consistency,
+    identity_metrics,
+    ids,
+)
 from stcvq.metrics.result import MetricResult, to_json
+from stcvq.metrics.suite import FVDAccumulator, MetricModels, aggregate, load_models, video_metrics
 from stcvq.metrics.temporal import (
     DISFlow,
     I3DFeatures,
@@ -32,12 +43,11 @@ from stcvq.metrics.temporal import (
     load_i3d_or_reason,
     warping_error,
 )
-from stcvq.metrics.suite import FVDAccumulator, MetricModels, aggregate, load_models, video_metrics
-from stcvq.metrics.identity import ArcFaceEmbedder, DlibEmbedder, akd, detect_boxes, embedder, face_consistency, identity_metrics, ids
 
 __all__ = [
     "ArcFaceEmbedder", "DISFlow", "DlibEmbedder", "I3DFeatures", "MetricResult", "RAFTFlow", "akd",
     "detect_boxes", "device_description", "embedder", "face_consistency", "feature_statistics", "flicker_index",
     "flow_backend", "flow_score", "frechet_distance", "fvd", "identity_metrics", "ids", "load_i3d_or_reason",
-    "load_lpips_or_reason", "FVDAccumulator", "MetricModels", "aggregate", "load_models", "video_metrics", "fvd_from_features", "lpips", "psnr", "ssim", "time_clip", "to_json", "warping_error",
+    "load_lpips_or_reason", "FVDAccumulator", "MetricModels", "aggregate", "load_models", "video_metrics",
+    "fvd_from_features", "lpips", "psnr", "ssim", "time_clip", "to_json", "warping_error",
 ]

@@ -81,7 +81,8 @@ def lpips(
     return MetricResult(float(per_frame.mean()), details={"frames": len(per_frame), "net": model.net})
 
 
-def load_lpips_or_reason(weights: str | Path | list[str | Path] | None, net: str = "alex") -> tuple[LPIPS | None, str | None]:
+def load_lpips_or_reason(weights: str | Path | list[str | Path] | None,
+                         net: str = "alex") -> tuple[LPIPS | None, str | None]:
     """(model, None) when the weights load; (None, reason) when they are absent or broken."""
     if not weights:
         return None, f"LPIPS ({net}) weights were not provided (need the trunk and the lin heads)"

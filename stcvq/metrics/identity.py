@@ -211,7 +211,8 @@ def _face_cons_from(desc: dict[int, np.ndarray], details: dict) -> MetricResult:
         return MetricResult.missing(f"Face-Cons needs faces in at least 2 frames, found {len(frames)}", **details)
     anchor = desc[frames[0]]
     sims = [cosine(anchor, desc[t]) for t in frames[1:]]
-    return MetricResult(float(np.mean(sims)), details={**details, "anchor_frame": frames[0], "min": float(np.min(sims))})
+    details = {**details, "anchor_frame": frames[0], "min": float(np.min(sims))}
+    return MetricResult(float(np.mean(sims)), details=details)
 
 
 def ids(

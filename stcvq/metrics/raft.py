@@ -22,7 +22,8 @@ from torch import nn
 from stcvq.metrics.weights import load_into, load_state_dict
 
 
-def conv_norm_relu(in_ch: int, out_ch: int, kernel: int, stride: int = 1, norm: type[nn.Module] | None = None, relu: bool = True) -> nn.Sequential:
+def conv_norm_relu(in_ch: int, out_ch: int, kernel: int, stride: int = 1, norm: type[nn.Module] | None = None,
+                   relu: bool = True) -> nn.Sequential:
     """Conv (bias, 'same' padding) [+ norm] [+ ReLU], indexed like torchvision's Conv2dNormActivation."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel, stride, padding=(kernel - 1) // 2, bias=True)]
     if norm is not None:
@@ -88,7 +89,9 @@ class CorrBlock(nn.Module):
         for level in pyramid:
             lh, lw = level.shape[-2:]
             points = centres + window
-            grid = torch.cat([2 * points[..., :1] / max(lw - 1, 1) - 1, 2 * points[..., 1:] / max(lh - 1, 1) - 1], dim=-1)
+            x = 2 * points[..., :1] / max(lw - 1, 1) - 1
+            y = 2 * points[..., 1:] / max(lh - 1, 1) - 1
+            grid = torch.cat([x, y], dim=-1)
             features.append(F.grid_sample(level, grid, mode="bilinear", align_corners=True).view(n, h, w, -1))
             centres = centres / 2
         return torch.cat(features, dim=-1).permute(0, 3, 1, 2).contiguous()
@@ -169,7 +172,8 @@ class MaskPredictor(nn.Module):
 
 def coords_grid(n: int, h: int, w: int, device: torch.device) -> torch.Tensor:
     """(N, 2, h, w) pixel coordinates, channel 0 = x, channel 1 = y."""
-    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32), torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
     return torch.stack([xs, ys]).expand(n, 2, h, w)
 
 

@@ -22,7 +22,16 @@ from stcvq.metrics.fidelity import load_lpips_or_reason, lpips, psnr, ssim
 from stcvq.metrics.identity import Embedder, embedder, identity_metrics
 from stcvq.metrics.lpips import LPIPS
 from stcvq.metrics.result import MetricResult, check_pair
-from stcvq.metrics.temporal import FlowBackend, I3DFeatures, flicker_index, flow_backend, flow_score, fvd_from_features, load_i3d_or_reason, warping_error
+from stcvq.metrics.temporal import (
+    FlowBackend,
+    I3DFeatures,
+    flicker_index,
+    flow_backend,
+    flow_score,
+    fvd_from_features,
+    load_i3d_or_reason,
+    warping_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +68,9 @@ def load_models(
     i3d_weights: str | Path | None = None,
     device: str | torch.device = "cpu",
 ) -> MetricModels:
-    lpips_model, lpips_reason = load_lpips_or_reason(list(lpips_weights) if isinstance(lpips_weights, (list, tuple)) else lpips_weights, lpips_net)
+    if isinstance(lpips_weights, (list, tuple)):
+        lpips_weights = list(lpips_weights)
+    lpips_model, lpips_reason = load_lpips_or_reason(lpips_weights, lpips_net)
     flow, flow_note = flow_backend(raft_weights, device)
     embed, embed_note = embedder(arcface_weights)
     i3d, i3d_reason = load_i3d_or_reason(i3d_weights, device)
@@ -69,7 +80,8 @@ def load_models(
     return models
 
 
-def video_metrics(output: np.ndarray, reference: np.ndarray, models: MetricModels, *, faces: bool = True) -> dict[str, MetricResult]:
+def video_metrics(output: np.ndarray, reference: np.ndarray, models: MetricModels, *,
+                  faces: bool = True) -> dict[str, MetricResult]:
     """psnr, ssim, lpips, flow_score, warping_error (flow from the ground truth), flicker_index,
     and with ``faces`` akd, ids, face_cons, for one output against its ground truth.
     Score the degraded input the same way by passing it as ``output``."""
@@ -98,7 +110,8 @@ def aggregate(per_video: Sequence[dict[str, MetricResult]]) -> dict[str, MetricR
         present = [r[name] for r in per_video if name in r and r[name].value is not None]
         missing = [r[name] for r in per_video if name in r and r[name].value is None]
         details: dict[str, Any] = {"videos": len(present), "videos_missing": len(missing)}
-        backends = sorted({str(r.details[k]) for r in present for k in ("flow_backend", "descriptor") if k in r.details})
+        backends = sorted({str(r.details[k]) for r in present for k in ("flow_backend", "descriptor")
+                           if k in r.details})
         if backends:
             details["backend"] = ",".join(backends)
         if present:

@@ -92,7 +92,8 @@ class RAFTFlow:
 
     name = "raft"
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 4, num_flow_updates: int = 12) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", batch_size: int = 4,
+                 num_flow_updates: int = 12) -> None:
         self.device = torch.device(device)
         self.path = str(path)
         if not Path(path).is_file():
@@ -108,7 +109,8 @@ class RAFTFlow:
         self.batch_size = batch_size
 
     @classmethod
-    def from_module(cls, model: torch.nn.Module, device: str | torch.device = "cpu", batch_size: int = 4, **call_kwargs) -> "RAFTFlow":
+    def from_module(cls, model: torch.nn.Module, device: str | torch.device = "cpu", batch_size: int = 4,
+                    **call_kwargs) -> "RAFTFlow":
         """Wrap an already built model (tests, benchmarks with random weights)."""
         self = cls.__new__(cls)
         self.device, self.path, self.format = torch.device(device), f"<{type(model).__name__}>", "module"
@@ -126,9 +128,9 @@ class RAFTFlow:
         pad_h, pad_w = max((-h) % 8, 64 - h), max((-w) % 8, 64 - w)
         chunks = []
         for s in range(0, len(a), self.batch_size):
-            out = self.model(
-                self._prep(a[s : s + self.batch_size], pad_h, pad_w), self._prep(b[s : s + self.batch_size], pad_h, pad_w), **self.call_kwargs
-            )
+            first = self._prep(a[s : s + self.batch_size], pad_h, pad_w)
+            second = self._prep(b[s : s + self.batch_size], pad_h, pad_w)
+            out = self.model(first, second, **self.call_kwargs)
             if isinstance(out, (list, tuple)):
                 out = out[-1]
             if out.ndim != 4 or out.shape[1] != 2:
@@ -268,7 +270,8 @@ class I3DFeatures:
     bilinearly (align_corners=False) first. One video per call (videos may differ in length).
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", call_kwargs: dict | None = None, size: int = 224) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", call_kwargs: dict | None = None,
+                 size: int = 224) -> None:
         self.device = torch.device(device)
         self.path = str(path)
         self.size = size
@@ -277,7 +280,8 @@ class I3DFeatures:
         if is_torchscript(path):
             self.format = "torchscript"
             self.model = load_torchscript(path, self.device)
-            self.call_kwargs = dict(rescale=False, resize=False, return_features=True) if call_kwargs is None else call_kwargs
+            default_kwargs = dict(rescale=False, resize=False, return_features=True)
+            self.call_kwargs = default_kwargs if call_kwargs is None else call_kwargs
         else:
             from stcvq.metrics.i3d import load_i3d
 
@@ -299,7 +303,8 @@ class I3DFeatures:
         return feats[0].double().cpu().numpy()
 
 
-def load_i3d_or_reason(path: str | Path | None, device: str | torch.device = "cpu") -> tuple[I3DFeatures | None, str | None]:
+def load_i3d_or_reason(path: str | Path | None,
+                       device: str | torch.device = "cpu") -> tuple[I3DFeatures | None, str | None]:
     if not path:
         return None, "I3D weights were not provided (StyleGAN-V i3d_torchscript.pt or pytorch-i3d rgb_imagenet.pt)"
     try:
@@ -324,7 +329,8 @@ def fvd(
     if extractor is None:
         return MetricResult.missing(missing_reason)
     if len(real_videos) < 2 or len(fake_videos) < 2:
-        return MetricResult.missing(f"FVD needs at least 2 videos per set, got {len(real_videos)} real and {len(fake_videos)} generated")
+        return MetricResult.missing(f"FVD needs at least 2 videos per set, got {len(real_videos)} real "
+                                    f"and {len(fake_videos)} generated")
     for i, v in enumerate(real_videos):
         check_video(v, f"real video {i}")
     for i, v in enumerate(fake_videos):
@@ -339,9 +345,11 @@ def fvd_from_features(real: np.ndarray, fake: np.ndarray, **details) -> MetricRe
     loop so that the videos themselves never have to be in memory together."""
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     if len(real) < 2 or len(fake) < 2:
-        return MetricResult.missing(f"FVD needs at least 2 videos per set, got {len(real)} real and {len(fake)} generated")
+        return MetricResult.missing(f"FVD needs at least 2 videos per set, got {len(real)} real "
+                                    f"and {len(fake)} generated")
     if real.ndim != 2 or real.shape[1:] != fake.shape[1:]:
         raise ValueError(f"feature shapes differ or are not (N, D): {real.shape} vs {fake.shape}")
     value = frechet_distance(*feature_statistics(real), *feature_statistics(fake))
     # rounding can take an exact 0 a hair below zero; a distance is never negative
-    return MetricResult(max(value, 0.0), details={"real_videos": len(real), "generated_videos": len(fake), "feature_dim": int(real.shape[1]), **details})
+    counts = {"real_videos": len(real), "generated_videos": len(fake), "feature_dim": int(real.shape[1])}
+    return MetricResult(max(value, 0.0), details={**counts, **details})
