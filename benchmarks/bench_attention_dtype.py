@@ -1,4 +1,4 @@
-"""Why bf16 enhancement is not 2x float32 on this CPU: the attention kernel (issue 6).
+"""Why bf16 enhancement is not 2x float32 on this CPU: the attention kernel.
 
     .venv/bin/python benchmarks/bench_attention_dtype.py [--tokens 4096] [--heads 2] [--head-dim 128] [--batch 12]
 

@@ -1,4 +1,4 @@
-"""Window seams of `stcvq enhance` with a trained model, on a still video (issue 6).
+"""Window seams of `stcvq enhance` with a trained model, on a still video.
 
     .venv/bin/python benchmarks/bench_enhance_seams.py [--model models/stage2-deflicker] [--frames 64]
 

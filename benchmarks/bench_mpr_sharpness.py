@@ -1,4 +1,4 @@
-"""How much Eq. 6's MPR term sees of a trained Stage I's codebook use (issue 4).
+"""How much Eq. 6's MPR term sees of a trained Stage I's codebook use.
 
     .venv/bin/python benchmarks/bench_mpr_sharpness.py [--model models/stage1] [--power 1 4 8 32]
 

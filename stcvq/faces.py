@@ -12,8 +12,8 @@ Boxes are :class:`FaceBox` in pixel coordinates of the image they were found in,
 reaches past the image border; we keep it as found (landmarks and descriptors want the
 unclipped box) and :meth:`FaceBox.clip` gives the part inside the image.
 
-Note (measured, shared/ENVIRONMENT.md): the HOG detector misses faces at 176x144 without
-upsampling, so ``upsample=1`` is the default.
+The HOG detector misses the faces of 176x144 frames (carphone's) without upsampling, so
+``upsample=1`` is the default.
 """
 
 from __future__ import annotations

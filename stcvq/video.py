@@ -349,8 +349,8 @@ _SWS_ENCODE = "bicubic+accurate_rnd+bitexact"
 # x264 output depends on the thread count) and no encoder/version metadata.
 _DETERMINISTIC = {"threads": 1, "fflags": "+bitexact", "map_metadata": -1, "sws_flags": _SWS_ENCODE}
 # x264 picks its assembly from the CPU and the tiers do not give the same bytes (SSE2-only and
-# none differ from SSSE3 and up on carphone); asm=0 runs its C code on every CPU, 4.5x slower
-# on 512^2 frames here.
+# none differ from SSSE3 and up on carphone); asm=0 runs its C code on every CPU, at a cost in
+# time (README, "Reproducibility across machines"), so only the data stages ask for it.
 _X264_PORTABLE = "asm=0"
 
 

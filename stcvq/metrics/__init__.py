@@ -1,4 +1,4 @@
-"""Evaluation metrics for video face restoration and de-flickering (issue 7).
+"""Evaluation metrics for video face restoration and de-flickering.
 
 Videos are numpy uint8 RGB arrays (T, H, W, 3). Every metric returns a :class:`MetricResult`:
 a finite float, or None with a reason (never 0 or NaN for "could not compute").

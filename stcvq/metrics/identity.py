@@ -3,7 +3,7 @@
 * AKD: mean Euclidean distance (pixels) between the dlib 68 landmarks of the output frame and
   of the ground-truth frame, averaged over the 68 points and over frames.
 * IDS: cosine similarity of the face descriptors of output and ground truth, on EVERY frame
-  with a face, averaged (the reference code looked at one frame; DESIGN s3.8).
+  with a face, averaged (the reference code looked at one frame; docs/design.md section 3.8).
 * Face-Cons: cosine similarity of the first face frame's descriptor to every later face frame
   of the same video, averaged (identity drift within one video).
 
@@ -197,8 +197,8 @@ def _ids_from(out_desc: dict[int, np.ndarray], ref_desc: dict[int, np.ndarray], 
         return MetricResult.missing("no face detected in any ground-truth frame", **details)
     sims = [cosine(out_desc[t], ref_desc[t]) for t in frames]
     # dlib descriptors are trained for Euclidean distance (same person < 0.6) and are not
-    # centred, so their cosine similarities are compressed near 1 (measured on carphone: blur
-    # sigma 2.5 -> 0.885, pure noise -> 0.859); report both.
+    # centred, so their cosine similarities crowd near 1 (README, "Scoring a model on a paired
+    # test set"); report both.
     euclid = [float(np.linalg.norm(out_desc[t] - ref_desc[t])) for t in frames]
     return MetricResult(
         float(np.mean(sims)), details={**details, "min": float(np.min(sims)), "mean_euclidean": float(np.mean(euclid))}

@@ -37,8 +37,8 @@ def mean_luma(video: np.ndarray) -> np.ndarray:
 def flicker_index(video: np.ndarray) -> MetricResult:
     """Mean absolute frame-to-frame change of mean luma, in 8-bit levels (0 on a constant video).
 
-    Brightness flicker (DESIGN s2: convertScaleAbs with alpha ~ U(0.5, 1.5)) moves the whole
-    frame's mean luma; real motion mostly does not, so this isolates global flicker.
+    Brightness flicker (convertScaleAbs with alpha ~ U(0.5, 1.5), docs/design.md section 2) moves
+    the whole frame's mean luma; real motion mostly does not, so this isolates global flicker.
     """
     check_video(video)
     if len(video) < 2:
