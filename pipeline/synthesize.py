@@ -19,7 +19,8 @@ from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
 from stcvq.degrade import TASKS, SynthesisConfig, WeightsUnavailable
 from stcvq.io import write_json
-from stcvq.shards import ShardConfig, write_task_shards
+from stcvq.shards import ShardConfig
+from stcvq.synthesize import write_task_shards
 
 CLIPS = "data/clips.parquet"
 

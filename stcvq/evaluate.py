@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from stcvq.config import check, from_dict
 from stcvq.enhance import ClipRestorer, StreamConfig, restore_stream
+from stcvq.frames import frames_to_tensor, to_uint8_video
 from stcvq.io import atomic_path
 from stcvq.metrics import FVDAccumulator, MetricModels, MetricResult, aggregate, device_description, video_metrics
 from stcvq.video import VIDEO_SUFFIXES, VideoError, read_frames
@@ -96,14 +97,6 @@ class EvaluateConfig:
 
     def task(self, name: str) -> EvaluateTaskConfig:
         return self.tasks.get(name) or EvaluateTaskConfig(model=f"models/stage2-{name}")
-
-
-def to_uint8_video(clip: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(3, T, H, W) float in [0, 1] -> (T, H, W, 3) uint8 RGB, the metrics' video layout."""
-    clip = torch.as_tensor(clip).detach().float().cpu()
-    if clip.ndim != 4 or clip.shape[0] != 3:
-        raise ValueError(f"expected a (3, T, H, W) clip, got shape {tuple(clip.shape)}")
-    return (clip.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).contiguous().numpy()
 
 
 def _sync(device: torch.device) -> None:
@@ -270,10 +263,6 @@ def read_first_frames(path: Path, frames: int, size: int) -> np.ndarray:
     return np.stack([resize_square(frame, size) for frame in raw])
 
 
-def _as_clip(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255  # (3, T, H, W) in [0, 1]
-
-
 class PairedTestSet:
     """:func:`evaluate_task`'s samples from a paired test set, read one pair at a time: the
     first ``frames`` frames of each video at ``size`` x ``size``. A pair that cannot be read,
@@ -300,7 +289,7 @@ class PairedTestSet:
                 log.warning("%s skipped: %s", key, err)
                 self.skipped.append({"key": key, "error": str(err)})
                 continue
-            yield {"hq": _as_clip(hq), "lq": _as_clip(lq), "meta": {"key": key, "lq": str(lq_path), "gt": str(gt_path)}}
+            yield {"hq": frames_to_tensor(hq), "lq": frames_to_tensor(lq), "meta": {"key": key, "lq": str(lq_path), "gt": str(gt_path)}}
 
 
 class PairedRestorer:
@@ -316,7 +305,7 @@ class PairedRestorer:
         restored = []
         for clip in clips:
             frames = restore_stream(list(to_uint8_video(clip)), self.model, self._to_model, self._from_model, self.stream)
-            restored.append(_as_clip(np.stack(list(frames))))
+            restored.append(frames_to_tensor(np.stack(list(frames))))
         return torch.stack(restored).to(clips.device)
 
     def _to_model(self, frame: np.ndarray) -> np.ndarray:
