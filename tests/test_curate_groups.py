@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from imageio_ffmpeg import get_ffmpeg_exe
 
+from _dvc_stages import stage_argv
 from _synthesis_data import carphone_crop, manifest_for
 from stcvq.clips import ClipConfig, plan_clips
 from stcvq.config import ConfigError, from_dict
@@ -184,7 +185,7 @@ def test_the_ingest_stage_reports_a_bad_mapping_in_one_line(nested, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(stage, "load_params", lambda *_: {"ingest": {"folder": str(nested), "groups": str(bad)}, "workers": 1})
     with pytest.raises(SystemExit) as err:
-        run_stage(stage.main)
+        run_stage(stage.main, stage_argv("ingest"))
     assert err.value.code == 2
     assert capsys.readouterr().err == f"error: {bad}: needs a header with columns path,group; got ['nope']\n"
     assert not (tmp_path / "data").exists()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from _dvc_stages import stage_argv
 from stcvq.config import ConfigError, from_dict
 from stcvq.evaluate import EvaluateConfig, evaluate_task, frame_grid, profile_comparison, temporal_profile, to_uint8_video, write_png
 from stcvq.metrics import load_models
@@ -178,7 +179,7 @@ def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
             writer.write(sample["meta"]["key"], {"hq.mkv": encode_frames(to_uint8_video(sample["hq"])),
                                                  "lq.mkv": encode_frames(to_uint8_video(sample["lq"])), "json": b"{}"})
     monkeypatch.setattr(stage, "load_params", lambda *sections: {"evaluate": {"faces": False, "max_clips": 2}})
-    stage.main("bfvr")
+    stage.main(stage_argv("evaluate", "bfvr"))
     report = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
     _check_report(report)
     assert report["task"] == "bfvr" and report["clips"] == 2
@@ -187,13 +188,13 @@ def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
     assert profile.shape == (16, 3 * 4 * 4 + 2 * 2, 3)  # input | output | GT, 4 frames x 4 px each
     assert frames.shape == (3 * 16 + 2 * 2, 4 * 16 + 3 * 2, 3)
     with pytest.raises(SystemExit, match="unknown task"):
-        stage.main("denoise")
+        stage.main(stage_argv("evaluate", "denoise"))
 
     # a model of another clip size (an imported 512^2 one, here 32^2) scores the 16^2 clips resized
     Stage2Model(Stage2Config.tiny(size=32)).save_pretrained(tmp_path / "other")
     tasks = {"bfvr": {"model": str(tmp_path / "other")}}
     monkeypatch.setattr(stage, "load_params", lambda *sections: {"evaluate": {"faces": False, "tasks": tasks}})
-    stage.main("bfvr")
+    stage.main(stage_argv("evaluate", "bfvr"))
     other = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
     assert other["clips"] == 2 and other["input"]["psnr"] == report["input"]["psnr"]
     assert other["output"]["psnr"] != report["output"]["psnr"]

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from _dvc_stages import stage_argv
 from stcvq import cli
 from stcvq.config import ConfigError, from_dict
 from stcvq.evaluate import EvaluateConfig, PairedRestorer, evaluate_paired, paired_restorer, paired_videos
@@ -146,13 +147,13 @@ def test_stage_script_scores_another_model_on_a_paired_folder(paired, model_dir,
     monkeypatch.chdir(tmp_path)  # no models/ or data/ here: the params must point elsewhere
     task = {"model": str(model_dir), "lq_dir": str(paired / "lq"), "gt_dir": str(paired / "gt")}
     monkeypatch.setattr(stage, "load_params", lambda *s: {"evaluate": {"faces": False, "tasks": {"bfvr": task}}})
-    stage.main("bfvr")
+    stage.main(stage_argv("evaluate", "bfvr"))
     report = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
     assert report["clips"] == 1 and report["per_clip"][0]["key"] == "carphone" and report["skipped"][0]["key"] == "short"
     assert (tmp_path / "plots" / "evaluate-bfvr" / "frames.png").exists()
     monkeypatch.setattr(stage, "load_params", lambda *s: {"evaluate": {"tasks": {"deflicker": {"model": str(model_dir)}}}})
     with pytest.raises(SystemExit, match=r"evaluate\.tasks\.deflicker\.model: .* is a 'bfvr' model, not 'deflicker'"):
-        stage.main("deflicker")
+        stage.main(stage_argv("evaluate", "deflicker"))
 
 
 def test_evaluate_params_are_typed_and_validated():
