@@ -11,6 +11,11 @@ stage runs: degrade + encode + tar) with the params.yaml ``synthesize`` and ``sh
 passes, batch 4, shuffled) with each ``--loader-workers`` count and each frame codec (ffv1, npy); ``speedup`` is
 clips/s with the last worker count over the first, measured in this run, and ``npy_over_ffv1``
 the decode-speed ratio of the two codecs at the same worker count.
+
+Frame codecs as measured with it on one core: FFV1 is 3x smaller than raw frames on the
+embedded default and 5.7x on 512^2 upscaled face video; it decodes at about 0.7 ms per 64^2
+frame and 8 ms per 512^2 frame (a 24-frame 512^2 HQ+LQ pair in ~0.4 s per worker). ``npy``
+decodes 25-60x faster at 3-6x the size.
 """
 
 from __future__ import annotations

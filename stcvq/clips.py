@@ -52,7 +52,7 @@ class ClipConfig:
         check(all(v > 0 for v in self.splits.values()), f"clips.splits fractions must be > 0: {self.splits}")
         check(abs(sum(self.splits.values()) - 1.0) < 1e-6, f"clips.splits fractions sum to {sum(self.splits.values())}, not 1")
         check(all(re.fullmatch(r"[A-Za-z0-9_]+", k) for k in self.splits), f"clips.splits names must be [A-Za-z0-9_]: {list(self.splits)}")
-        # the 3D VQGAN downsamples space by 8 (DESIGN.md section 2)
+        # the 3D VQGAN downsamples space by 8 (docs/design.md, section 2)
         check(self.resolution % 8 == 0, f"resolution {self.resolution} is not divisible by 8 (the autoencoder downsamples x8)")
 
 

@@ -1,8 +1,8 @@
 """Degradations that turn HQ face clips into LQ training inputs, one function per task.
 
 - ``bfvr``: blind face video restoration, the paper's Eq. 9
-  ``y = {[(x * k_sigma) down_r + n_delta] ffmpeg_crf} up_r``. Unlike the reference code (DESIGN.md
-  section 3, fault 5) every parameter is drawn independently, the noise field is drawn anew for
+  ``y = {[(x * k_sigma) down_r + n_delta] ffmpeg_crf} up_r``. Unlike the reference code (docs/design.md,
+  section 3.5) every parameter is drawn independently, the noise field is drawn anew for
   every frame, and the CRF really reaches a real libx264 encode. ``consistent`` mode draws one
   parameter set per clip (the paper's default); ``stochastic`` draws one per frame (Table 6).
   Each clip also gets a noise-free LQ (same draws, delta = 0) for incremental Stage II training.

@@ -1,4 +1,4 @@
-"""Evaluate one task's restoration model on its test split (issue 7).
+"""Evaluate one task's restoration model on its test split.
 
 Every clip is scored twice against its ground truth with :func:`stcvq.metrics.video_metrics`:
 the degraded input (what you start from) and the restored output (what the model gives), then

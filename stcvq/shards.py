@@ -10,11 +10,10 @@ Layout (one folder per task)::
     {split}-{task}.json          index: shards, and for each sample each member's byte offset,
                                  size and CRC32
 
-Frame format: FFV1 is lossless and 2-6x smaller than raw frames (3x on the embedded default,
-5.7x on 512^2 upscaled face video); it decodes at about 0.7 ms per 64^2 frame and 8 ms per 512^2
-frame on one core here (a 24-frame 512^2 HQ+LQ pair in ~0.4 s per worker). ``npy`` (raw uint8
-(T, H, W, 3)) decodes 25-60x faster at 3-6x the size: pick it with ``frame_codec: npy`` when disk
-is cheap and CPU is not. Both are exact; benchmarks/bench_synthesis.py measures both.
+Frame format: FFV1 is lossless and several times smaller than raw frames, but decoding it takes
+CPU in every loader worker. ``npy`` (raw uint8 (T, H, W, 3)) decodes far faster at several times
+the size: pick it with ``frame_codec: npy`` when disk is cheap and CPU is not. Both are exact;
+benchmarks/bench_synthesis.py measures both.
 
 Determinism: tars are written with fixed member metadata (mtime 0, uid/gid 0, no user names)
 in clip order, FFV1 with bitexact flags and one thread: the same input gives the same bytes.

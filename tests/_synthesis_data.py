@@ -1,4 +1,4 @@
-"""Fixture builders shared by the synthesis/shard tests (issue 3): a real face crop, a tiny SD x4."""
+"""Fixture builders shared by the synthesis/shard tests: a real face crop, a tiny SD x4."""
 
 from __future__ import annotations
 

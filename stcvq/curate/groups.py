@@ -13,11 +13,9 @@ Near-duplicates then join one group whatever was declared, so a copy or a re-enc
 frames never sits in train and test at once. A video's fingerprint is, per sampled frame, a
 64-bit difference hash: an 8 x 9 gray thumbnail of block means (integer sums, no resampler), one
 bit per horizontally adjacent pair, set when the right block is brighter. The distance of two
-videos is the fraction of differing bits over their same-position frames. Measured with 8 frames
-(``benchmarks/bench_fingerprint.py``), from carphone: re-encodes at CRF 23 / 35 0.000 / 0.035,
-the x4 upscale 0.000, half the frame rate 0.012, its first half 0.123, the burned-in caption
-0.135; bikes, bigbuckbunny and a mirrored carphone 0.49-0.55, and 0.467 between the closest
-two of those unrelated videos.
+videos is the fraction of differing bits over their same-position frames: near zero for a
+re-encode or an upscale, about one half for unrelated videos (``benchmarks/bench_fingerprint.py``
+measures both).
 
 The manifest records the outcome: ``source_group``, and ``group_reason`` (``file``, ``folder``,
 ``mapping``, ``embedded``, or ``near_duplicate: ...`` naming the matching pair and its distance).
