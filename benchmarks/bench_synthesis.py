@@ -21,7 +21,6 @@ decodes 25-60x faster at 3-6x the size.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os

@@ -23,8 +23,18 @@ import torch
 
 from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
-from stcvq.evaluate import (EvaluateConfig, PairedTestSet, EvaluateTaskConfig, evaluate_task, frame_grid, paired_restorer,
-                            profile_comparison, restore_clip, to_uint8_video, write_png)
+from stcvq.evaluate import (
+    EvaluateConfig,
+    EvaluateTaskConfig,
+    PairedTestSet,
+    evaluate_task,
+    frame_grid,
+    paired_restorer,
+    profile_comparison,
+    restore_clip,
+    to_uint8_video,
+    write_png,
+)
 from stcvq.io import write_json
 from stcvq.metrics import load_models
 from stcvq.shards import ClipDataset, index_name

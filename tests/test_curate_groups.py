@@ -11,10 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from imageio_ffmpeg import get_ffmpeg_exe
-
 from _dvc_stages import stage_argv
 from _synthesis_data import carphone_crop, manifest_for
+from imageio_ffmpeg import get_ffmpeg_exe
+
 from stcvq.clips import ClipConfig, plan_clips
 from stcvq.config import ConfigError, from_dict
 from stcvq.curate import IngestConfig

@@ -13,7 +13,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from _dvc_stages import ROOT, stage_command, stages
 
 PACKAGES = ("stcvq", "pipeline")

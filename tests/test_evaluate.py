@@ -8,10 +8,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from _dvc_stages import stage_argv
+
 from stcvq.config import ConfigError, from_dict
-from stcvq.evaluate import EvaluateConfig, evaluate_task, frame_grid, profile_comparison, temporal_profile, to_uint8_video, write_png
+from stcvq.evaluate import (
+    EvaluateConfig,
+    evaluate_task,
+    frame_grid,
+    profile_comparison,
+    temporal_profile,
+    to_uint8_video,
+    write_png,
+)
 from stcvq.metrics import load_models
 from stcvq.metrics.fidelity import PSNR_CAP_DB
 from stcvq.stage2 import Stage2Config, Stage2Model

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from _dvc_stages import stage_argv
+
 from stcvq import cli
 from stcvq.config import ConfigError, from_dict
 from stcvq.evaluate import EvaluateConfig, PairedRestorer, evaluate_paired, paired_restorer, paired_videos

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _synthesis_data import carphone_crop, manifest_for
+
 from stcvq.clips import ClipConfig, plan_clips
 from stcvq.degrade import PixelFlickerConfig, SynthesisConfig
 from stcvq.shards import ClipDataset, ShardConfig, ShardError, make_loader
