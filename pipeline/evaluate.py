@@ -42,15 +42,19 @@ from stcvq.stage2 import Stage2Model
 from stcvq.tasks import TASKS
 
 
-def load_test_set(task: str, chosen: EvaluateTaskConfig, model: Stage2Model, shards: Path, device: str) -> tuple[Any, Any, str]:
+def load_test_set(
+    task: str, chosen: EvaluateTaskConfig, model: Stage2Model, shards: Path, device: str
+) -> tuple[Any, Any, str]:
     """(samples, restorer, where they come from): the paired test set when the params name one,
     else the test split of the task's shards."""
     if chosen.lq_dir is not None:
         try:
-            samples = PairedTestSet(chosen.lq_dir, chosen.gt_dir, chosen.frames or model.clip_length, chosen.size or model.size)
+            samples = PairedTestSet(chosen.lq_dir, chosen.gt_dir, chosen.frames or model.clip_length,
+                                    chosen.size or model.size)
         except ValueError as err:
             raise SystemExit(f"params.yaml:evaluate.tasks.{task}: {err}") from None
-        return samples, paired_restorer(model, samples.frames, samples.size, device), f"{chosen.lq_dir} + {chosen.gt_dir}"
+        restorer = paired_restorer(model, samples.frames, samples.size, device)
+        return samples, restorer, f"{chosen.lq_dir} + {chosen.gt_dir}"
     source = shards / index_name("test", task)
     samples = ClipDataset(source, batch_size=None, shuffle=False, on_error="skip")
     # a model of another clip size (e.g. an imported 512^2 one) sees the clips resized
@@ -89,12 +93,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     chosen = cfg.task(task)
     model = Stage2Model.from_pretrained(chosen.model, map_location=cfg.device).eval()
     if model.task != task:
-        raise SystemExit(f"params.yaml:evaluate.tasks.{task}.model: {chosen.model} is a {model.task!r} model, not {task!r}")
+        raise SystemExit(
+            f"params.yaml:evaluate.tasks.{task}.model: {chosen.model} is a {model.task!r} model, not {task!r}")
     metric_models = load_models(lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net, raft_weights=cfg.raft_weights,
                                 arcface_weights=cfg.arcface_weights, i3d_weights=cfg.i3d_weights, device=cfg.device)
     samples, restorer, source = load_test_set(task, chosen, model, args.shards, cfg.device)
 
-    report = evaluate_task(restorer, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces, device=cfg.device)
+    report = evaluate_task(restorer, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces,
+                           device=cfg.device)
     if isinstance(samples, PairedTestSet):
         report["skipped"] += samples.skipped
     else:
@@ -103,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_json(args.metrics, report)
     worst = plot_worst_clip(report, samples, restorer, cfg, args.plots, source)
     log.info("wrote %s and %s (clip %s); input vs output: %s", args.metrics, args.plots, worst,
-             {k: (report["input"].get(k), report["output"].get(k)) for k in ("psnr", "ssim", "ids", "flicker_index", "warping_error")})
+             {k: (report["input"].get(k), report["output"].get(k))
+              for k in ("psnr", "ssim", "ids", "flicker_index", "warping_error")})
 
 
 if __name__ == "__main__":

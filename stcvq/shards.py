@@ -372,7 +372,7 @@ class ClipDataset(IterableDataset):
         self.refs = load_index(sources)
         if not self.refs:
             raise ShardError(f"{sources}: no samples")
-        missing = [r.key for r in self.refs if "hq" not in {e.split(".")[0] for e in r.members} or not any(e.split(".")[0] == lq for e in r.members)]
+        missing = [r.key for r in self.refs if not {"hq", lq} <= {e.split(".")[0] for e in r.members}]
         if missing:
             raise ShardError(f"{sources}: samples without hq/{lq} members, e.g. {missing[:3]}")
         if rank is None or world_size is None:
@@ -423,7 +423,8 @@ class ClipDataset(IterableDataset):
                     continue
                 data = reader.read(ref.shard, offset, size)
                 if len(data) != size:
-                    raise ShardError(f"{ref.shard}: sample {ref.key}: member {ext} truncated ({len(data)} of {size} bytes)")
+                    raise ShardError(
+                        f"{ref.shard}: sample {ref.key}: member {ext} truncated ({len(data)} of {size} bytes)")
                 if crc is not None and zlib.crc32(data) != crc:
                     raise ShardError(f"{ref.shard}: sample {ref.key}: member {ext} is corrupt (CRC32 mismatch)")
                 if name == "json":
@@ -432,11 +433,13 @@ class ClipDataset(IterableDataset):
                     try:
                         out["lq" if name == self.lq else name] = frames_to_tensor(decode_frames(data, fmt or "mkv"))
                     except (ValueError, av.error.FFmpegError) as err:
-                        raise ShardError(f"{ref.shard}: sample {ref.key}: member {ext} does not decode: {err}") from None
+                        raise ShardError(
+                            f"{ref.shard}: sample {ref.key}: member {ext} does not decode: {err}") from None
             out.setdefault("meta", {})
             out["meta"]["key"] = ref.key
             if out["hq"].shape != out["lq"].shape:
-                raise ShardError(f"{ref.shard}: sample {ref.key}: hq {tuple(out['hq'].shape)} != lq {tuple(out['lq'].shape)}")
+                shapes = f"hq {tuple(out['hq'].shape)} != lq {tuple(out['lq'].shape)}"
+                raise ShardError(f"{ref.shard}: sample {ref.key}: {shapes}")
             return out
         except (ShardError, OSError, ValueError) as err:
             if self.on_error == "raise":

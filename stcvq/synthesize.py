@@ -105,8 +105,8 @@ def write_task_shards(
             if frames is None:
                 skipped.append({"clip_id": row["clip_id"], "reason": reason})
                 continue
-            yield ClipJob(row, frames, task, synth_cfg, shard_cfg.frame_codec, seed, clip_seed(seed, task, row["clip_id"]),
-                          renderer)
+            yield ClipJob(row, frames, task, synth_cfg, shard_cfg.frame_codec, global_seed=seed,
+                          seed=clip_seed(seed, task, row["clip_id"]), renderer=renderer)
 
     # One writer per split, all open at once, fed in the (deterministic) order clips are decoded:
     # pool.map keeps that order, so the bytes do not depend on scheduling, and nothing piles up.

@@ -102,7 +102,8 @@ def declared_groups(videos: dict[str, str], groups: str) -> dict[str, tuple[str,
         raise ConfigError(f"{groups}: {len(unknown)} path(s) name no video under ingest.folder: {shown}")
     unmapped = len(videos) - len(mapping)
     if unmapped:
-        log.warning("%s names %d of %d videos; the other %d are their own groups", groups, len(mapping), len(videos), unmapped)
+        log.warning("%s names %d of %d videos; the other %d are their own groups",
+                    groups, len(mapping), len(videos), unmapped)
     return {vid: (mapping[normalise(rel)], "mapping") if normalise(rel) in mapping else (vid, "file")
             for vid, rel in videos.items()}
 
@@ -179,6 +180,7 @@ def merge_near_duplicates(rows: list[dict], max_distance: float | None) -> list[
             distance, a, b = best[declared]
             row = {**row, "source_group": final,
                    "group_reason": f"near_duplicate: joined {final} ({a} ~ {b}, distance {distance:.3f})"}
-            log.info("ingest: %s: group %s joins %s (%s ~ %s, distance %.3f)", row["video_id"], declared, final, a, b, distance)
+            log.info("ingest: %s: group %s joins %s (%s ~ %s, distance %.3f)",
+                     row["video_id"], declared, final, a, b, distance)
         out.append(row)
     return out
