@@ -20,6 +20,7 @@ from stcvq.evaluate import (
     to_uint8_video,
     write_png,
 )
+from stcvq.frames import frames_to_tensor
 from stcvq.metrics import load_models
 from stcvq.metrics.fidelity import PSNR_CAP_DB
 from stcvq.stage2 import Stage2Config, Stage2Model
@@ -51,8 +52,9 @@ def _clip(video: np.ndarray, start: int, frames: int, size: int) -> torch.Tensor
     h, w = video.shape[1:3]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    crops = [cv2.resize(f[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_AREA) for f in video[start:start + frames]]
-    return torch.from_numpy(np.stack(crops)).permute(3, 0, 1, 2).float() / 255
+    crops = [cv2.resize(f[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_AREA)
+             for f in video[start:start + frames]]
+    return frames_to_tensor(crops)
 
 
 def _flicker(clip: torch.Tensor, seed: int) -> torch.Tensor:
@@ -133,7 +135,8 @@ def test_bad_clip_is_recorded_and_skipped(carphone, metric_models):
 
 def test_identity_metrics_with_faces(carphone, metric_models):
     hq = _clip(carphone, 0, 4, 96)
-    report = evaluate_task(Identity(4, 96), [{"hq": hq, "lq": hq.clone(), "meta": {}}], metric_models, task="bfvr", faces=True)
+    samples = [{"hq": hq, "lq": hq.clone(), "meta": {}}]
+    report = evaluate_task(Identity(4, 96), samples, metric_models, task="bfvr", faces=True)
     _check_report(report)
     assert {"akd", "ids", "face_cons"} <= set(report["output"])
     assert report["output"]["ids"] == pytest.approx(1.0)  # identical videos: identical descriptors

@@ -78,7 +78,8 @@ def test_shards_are_plain_webdataset_tars(tmp_path):
     write_samples(tmp_path, 3)
     with tarfile.open(tmp_path / "train-test-000000.tar") as tar:
         members = tar.getmembers()
-    assert [m.name for m in members[:4]] == ["clip-0000.hq.mkv", "clip-0000.json", "clip-0000.lq.mkv", "clip-0000.lq_noisefree.mkv"]
+    assert [m.name for m in members[:4]] == ["clip-0000.hq.mkv", "clip-0000.json", "clip-0000.lq.mkv",
+                                             "clip-0000.lq_noisefree.mkv"]
     assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m in members)
     import webdataset as wds
 
@@ -86,7 +87,8 @@ def test_shards_are_plain_webdataset_tars(tmp_path):
     assert [s["__key__"] for s in samples] == ["clip-0000", "clip-0001", "clip-0002"]
     assert np.array_equal(decode_frames(samples[1]["hq.mkv"], "mkv"), random_clip(1))
     # scanning a plain tar (no index) finds the same samples
-    assert [r.key for r in load_index([str(tmp_path / "train-test-000000.tar")])] == ["clip-0000", "clip-0001", "clip-0002"]
+    keys = [r.key for r in load_index([str(tmp_path / "train-test-000000.tar")])]
+    assert keys == ["clip-0000", "clip-0001", "clip-0002"]
 
 
 def test_keys_with_dots_rejected(tmp_path):
@@ -113,7 +115,8 @@ def test_no_duplicates_across_workers_and_ranks(tmp_path):
 
 def test_uneven_count_keeps_ranks_in_lockstep(tmp_path):
     write_samples(tmp_path, 7)
-    sizes = [len(ClipDataset(tmp_path / "train-test.json", batch_size=2, rank=r, world_size=2).rank_order()) for r in range(2)]
+    sizes = [len(ClipDataset(tmp_path / "train-test.json", batch_size=2, rank=r, world_size=2).rank_order())
+             for r in range(2)]
     assert sizes == [3, 3]
 
 

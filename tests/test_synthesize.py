@@ -20,7 +20,8 @@ from stcvq.synthesize import write_task_shards
 def clip_table(carphone_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("crop")
     crop = carphone_crop(carphone_path, folder / "carphone.mkv", num_frames=48)
-    manifest = manifest_for([{"video_id": "carphone", "source_group": "carphone", "cropped_path": str(crop), "num_frames": 48}])
+    manifest = manifest_for([{"video_id": "carphone", "source_group": "carphone", "cropped_path": str(crop),
+                              "num_frames": 48}])
     clips, _, _ = plan_clips(manifest, ClipConfig(length=8, splits={"train": 0.5, "val": 0.25, "test": 0.25}))
     return clips
 
