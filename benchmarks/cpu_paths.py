@@ -156,7 +156,8 @@ def child(check: str, variant: str, frames: int) -> str:
             from pipeline.common import load_params
             from stcvq.config import from_dict
             from stcvq.degrade import SynthesisConfig
-            from stcvq.shards import ShardConfig, write_task_shards
+            from stcvq.shards import ShardConfig
+            from stcvq.synthesize import write_task_shards
 
             params = load_params("synthesize", "shards", "seed", "clips")
             hashes = []

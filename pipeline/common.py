@@ -1,7 +1,8 @@
 """What every stage script shares: reading params.yaml and setting up logging.
 
-Stage scripts stay thin: read their params section, build the typed config from stcvq,
-call one library function, write their outputs.
+Stage scripts stay thin: take the paths they read and write as options (dvc.yaml's ``cmd``
+passes them, so each path is written once), read their params section, build the typed config
+from stcvq, call one library function, write their outputs.
 """
 
 from __future__ import annotations

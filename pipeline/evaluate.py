@@ -1,67 +1,70 @@
 """DVC stage `evaluate@<task>`: score the task's Stage II model on its test split.
 
-Usage: python -m pipeline.evaluate {bfvr|deflicker|deflicker-pixel}
+Usage: python -m pipeline.evaluate {bfvr|deflicker|deflicker-pixel} --shards data/shards/<task>
+           --metrics metrics/<task>.json --efficiency metrics/efficiency/<task>.json
+           --plots plots/evaluate-<task>
 Reads params evaluate, the model folder evaluate.tasks.<task>.model (models/stage2-<task> as
-committed) and data/shards/<task>/test-<task>.json, or the paired test set in
-evaluate.tasks.<task>.lq_dir / gt_dir when they are set. Writes
-  metrics/<task>.json                          input / output metrics, null_reasons (same bytes every run)
-  metrics/efficiency/<task>.json               seconds per clip, frames per second, device (a timing:
-                                               kept apart so the file above only changes with results)
-  plots/evaluate-<task>/temporal_profile.png   most degraded test clip: input | output | ground truth
-  plots/evaluate-<task>/frames.png             the same clip: rows input / output / ground truth
+committed) and the test split of the shards (<shards>/test-<task>.json), or the paired test set
+in evaluate.tasks.<task>.lq_dir / gt_dir when they are set. Writes
+  <metrics>                      input / output metrics, null_reasons (same bytes every run)
+  <efficiency>                   seconds per clip, frames per second, device (a timing: kept
+                                 apart so the file above only changes with results)
+  <plots>/temporal_profile.png   most degraded test clip: input | output | ground truth
+  <plots>/frames.png             the same clip: rows input / output / ground truth
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
 from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
-from stcvq.evaluate import (EvaluateConfig, PairedTestSet, evaluate_task, frame_grid, paired_restorer, profile_comparison,
-                            restore_clip, to_uint8_video, write_png)
+from stcvq.evaluate import (
+    EvaluateConfig,
+    EvaluateTaskConfig,
+    PairedTestSet,
+    evaluate_task,
+    frame_grid,
+    paired_restorer,
+    profile_comparison,
+    restore_clip,
+    to_uint8_video,
+    write_png,
+)
 from stcvq.io import write_json
 from stcvq.metrics import load_models
-from stcvq.shards import ClipDataset
-from stcvq.stage2 import TASKS, Stage2Model
+from stcvq.shards import ClipDataset, index_name
+from stcvq.stage2 import Stage2Model
+from stcvq.tasks import TASKS
 
 
-def main(task: str) -> None:
-    log = setup_logging(f"evaluate@{task}")
-    if task not in TASKS:
-        raise SystemExit(f"unknown task {task!r}; known: {list(TASKS)}")
-    cfg = from_dict(EvaluateConfig, load_params("evaluate")["evaluate"], where="params.yaml:evaluate")
-    chosen = cfg.task(task)
-    model = Stage2Model.from_pretrained(chosen.model, map_location=cfg.device).eval()
-    if model.task != task:
-        raise SystemExit(f"params.yaml:evaluate.tasks.{task}.model: {chosen.model} is a {model.task!r} model, not {task!r}")
-    metric_models = load_models(lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net, raft_weights=cfg.raft_weights,
-                                arcface_weights=cfg.arcface_weights, i3d_weights=cfg.i3d_weights, device=cfg.device)
+def load_test_set(
+    task: str, chosen: EvaluateTaskConfig, model: Stage2Model, shards: Path, device: str
+) -> tuple[Any, Any, str]:
+    """(samples, restorer, where they come from): the paired test set when the params name one,
+    else the test split of the task's shards."""
     if chosen.lq_dir is not None:
         try:
-            samples = PairedTestSet(chosen.lq_dir, chosen.gt_dir, chosen.frames or model.clip_length, chosen.size or model.size)
+            samples = PairedTestSet(chosen.lq_dir, chosen.gt_dir, chosen.frames or model.clip_length,
+                                    chosen.size or model.size)
         except ValueError as err:
             raise SystemExit(f"params.yaml:evaluate.tasks.{task}: {err}") from None
-        restorer = paired_restorer(model, samples.frames, samples.size, cfg.device)
-        source = f"{chosen.lq_dir} + {chosen.gt_dir}"
-    else:
-        source = Path("data/shards") / task / f"test-{task}.json"
-        samples = ClipDataset(source, batch_size=None, shuffle=False, on_error="skip")
-        # a model of another clip size (e.g. an imported 512^2 one) sees the clips resized
-        first = next(iter(samples), None)
-        restorer = model if first is None else paired_restorer(model, first["hq"].shape[1], first["hq"].shape[-1], cfg.device)
+        restorer = paired_restorer(model, samples.frames, samples.size, device)
+        return samples, restorer, f"{chosen.lq_dir} + {chosen.gt_dir}"
+    source = shards / index_name("test", task)
+    samples = ClipDataset(source, batch_size=None, shuffle=False, on_error="skip")
+    # a model of another clip size (e.g. an imported 512^2 one) sees the clips resized
+    first = next(iter(samples), None)
+    restorer = model if first is None else paired_restorer(model, first["hq"].shape[1], first["hq"].shape[-1], device)
+    return samples, restorer, str(source)
 
-    report = evaluate_task(restorer, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces, device=cfg.device)
-    if isinstance(samples, PairedTestSet):
-        report["skipped"] += samples.skipped
-    else:
-        report["skipped"] += [{"key": key, "error": "unreadable sample"} for key in samples.skipped]
-    write_json(Path("metrics") / "efficiency" / f"{task}.json", report.pop("efficiency"))
-    write_json(Path("metrics") / f"{task}.json", report)
 
-    # plot the most degraded clip (lowest input PSNR): a clean clip shows nothing to restore
+def plot_worst_clip(report: dict[str, Any], samples, restorer, cfg: EvaluateConfig, plots: Path, source: str) -> str:
+    """Plot the most degraded clip (lowest input PSNR; a clean clip shows nothing to restore)."""
     scored = [c for c in report["per_clip"] if c["input"].get("psnr") is not None] or report["per_clip"]
     if not scored:
         raise SystemExit(f"{source}: no test clip could be scored: {report['skipped']}")
@@ -69,15 +72,47 @@ def main(task: str) -> None:
     clip = next(s for s in samples if s["meta"].get("key") == worst)
     restored, _ = restore_clip(restorer, clip["lq"], cfg.device)
     videos = [to_uint8_video(clip["lq"]), to_uint8_video(restored), to_uint8_video(clip["hq"])]
-    plots = Path("plots") / f"evaluate-{task}"
     write_png(plots / "temporal_profile.png", profile_comparison(videos, cfg.profile_column))
     write_png(plots / "frames.png", frame_grid(videos, cfg.grid_frames))
-    log.info("wrote metrics/%s.json and %s (clip %s); input vs output: %s", task, plots, worst,
-             {k: (report["input"].get(k), report["output"].get(k)) for k in ("psnr", "ssim", "ids", "flicker_index", "warping_error")})
+    return worst
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task")
+    parser.add_argument("--shards", required=True, type=Path, help="the task's shard folder (its test split is scored)")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics written (JSON)")
+    parser.add_argument("--efficiency", required=True, type=Path, help="timings written (JSON)")
+    parser.add_argument("--plots", required=True, type=Path, help="folder the plots are written to")
+    args = parser.parse_args(argv)
+    task = args.task
+    log = setup_logging(f"evaluate@{task}")
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}; known: {list(TASKS)}")
+    cfg = from_dict(EvaluateConfig, load_params("evaluate")["evaluate"], where="params.yaml:evaluate")
+    chosen = cfg.task(task)
+    model = Stage2Model.from_pretrained(chosen.model, map_location=cfg.device).eval()
+    if model.task != task:
+        raise SystemExit(
+            f"params.yaml:evaluate.tasks.{task}.model: {chosen.model} is a {model.task!r} model, not {task!r}")
+    metric_models = load_models(lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net, raft_weights=cfg.raft_weights,
+                                arcface_weights=cfg.arcface_weights, i3d_weights=cfg.i3d_weights, device=cfg.device)
+    samples, restorer, source = load_test_set(task, chosen, model, args.shards, cfg.device)
+
+    report = evaluate_task(restorer, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces,
+                           device=cfg.device)
+    if isinstance(samples, PairedTestSet):
+        report["skipped"] += samples.skipped
+    else:
+        report["skipped"] += [{"key": key, "error": "unreadable sample"} for key in samples.skipped]
+    write_json(args.efficiency, report.pop("efficiency"))
+    write_json(args.metrics, report)
+    worst = plot_worst_clip(report, samples, restorer, cfg, args.plots, source)
+    log.info("wrote %s and %s (clip %s); input vs output: %s", args.metrics, args.plots, worst,
+             {k: (report["input"].get(k), report["output"].get(k))
+              for k in ("psnr", "ssim", "ids", "flicker_index", "warping_error")})
 
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    if len(sys.argv) != 2:
-        raise SystemExit(__doc__)
-    run_stage(main, sys.argv[1])
+    run_stage(main)

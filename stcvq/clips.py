@@ -50,10 +50,13 @@ class ClipConfig:
         check(self.max_per_video is None or self.max_per_video >= 1, "clips.max_per_video must be >= 1 or null")
         check(bool(self.splits), "clips.splits is empty")
         check(all(v > 0 for v in self.splits.values()), f"clips.splits fractions must be > 0: {self.splits}")
-        check(abs(sum(self.splits.values()) - 1.0) < 1e-6, f"clips.splits fractions sum to {sum(self.splits.values())}, not 1")
-        check(all(re.fullmatch(r"[A-Za-z0-9_]+", k) for k in self.splits), f"clips.splits names must be [A-Za-z0-9_]: {list(self.splits)}")
-        # the 3D VQGAN downsamples space by 8 (DESIGN.md section 2)
-        check(self.resolution % 8 == 0, f"resolution {self.resolution} is not divisible by 8 (the autoencoder downsamples x8)")
+        check(abs(sum(self.splits.values()) - 1.0) < 1e-6,
+              f"clips.splits fractions sum to {sum(self.splits.values())}, not 1")
+        check(all(re.fullmatch(r"[A-Za-z0-9_]+", k) for k in self.splits),
+              f"clips.splits names must be [A-Za-z0-9_]: {list(self.splits)}")
+        # the 3D VQGAN downsamples space by 8 (docs/design.md, section 2)
+        check(self.resolution % 8 == 0,
+              f"resolution {self.resolution} is not divisible by 8 (the autoencoder downsamples x8)")
 
 
 def safe_key(text: str) -> str:
@@ -119,14 +122,17 @@ def plan_clips(manifest: pd.DataFrame, cfg: ClipConfig) -> tuple[pd.DataFrame, p
             skipped.append({"video_id": video_id, "reason": f"unreadable: {err}"})
             continue
         if info.height % 8 or info.width % 8:
-            skipped.append({"video_id": video_id, "reason": f"frame size {info.width}x{info.height} not divisible by 8 ({path})"})
+            reason = f"frame size {info.width}x{info.height} not divisible by 8 ({path})"
+            skipped.append({"video_id": video_id, "reason": reason})
             continue
         if (info.height, info.width) != (cfg.resolution, cfg.resolution):
-            skipped.append({"video_id": video_id, "reason": f"frame size {info.width}x{info.height} != resolution {cfg.resolution} ({path})"})
+            reason = f"frame size {info.width}x{info.height} != resolution {cfg.resolution} ({path})"
+            skipped.append({"video_id": video_id, "reason": reason})
             continue
         num_frames = int(row.get("num_frames") or 0) or info.num_frames
         if num_frames < cfg.length:
-            skipped.append({"video_id": video_id, "reason": f"too short: {num_frames} frames < clip length {cfg.length}"})
+            reason = f"too short: {num_frames} frames < clip length {cfg.length}"
+            skipped.append({"video_id": video_id, "reason": reason})
             continue
         group = row.get("source_group")
         group = str(group) if group is not None and not pd.isna(group) else video_id
@@ -139,7 +145,8 @@ def plan_clips(manifest: pd.DataFrame, cfg: ClipConfig) -> tuple[pd.DataFrame, p
     if split_mode == "group":
         by_group = assign_groups(groups, cfg.splits, cfg.seed)
     else:
-        log.warning("%d source group(s) < %d splits: splitting every video by time instead", len(groups), len(cfg.splits))
+        log.warning("%d source group(s) < %d splits: splitting every video by time instead",
+                    len(groups), len(cfg.splits))
     bounds, acc = {}, 0.0
     for name, fraction in cfg.splits.items():
         bounds[name] = (acc, min(1.0, acc + fraction))
@@ -156,8 +163,8 @@ def plan_clips(manifest: pd.DataFrame, cfg: ClipConfig) -> tuple[pd.DataFrame, p
             start, stop = int(round(lo * n)), int(round(hi * n))
             starts = _windows(start, stop, cfg.length, stride, cfg.max_per_video)
             if not starts:
-                skipped.append({"video_id": video["video_id"],
-                                "reason": f"too short: {split} range has {stop - start} frames < clip length {cfg.length}"})
+                reason = f"too short: {split} range has {stop - start} frames < clip length {cfg.length}"
+                skipped.append({"video_id": video["video_id"], "reason": reason})
             for s in starts:
                 rows.append({
                     "clip_id": f"{safe_key(video['video_id'])}-{s:06d}",
@@ -218,7 +225,8 @@ def iter_clip_frames(clips: pd.DataFrame) -> Iterator[tuple[dict[str, Any], np.n
             error = str(err)
         for r in pending:
             got, need = len(buffers[r["clip_id"]]), r["frame_stop"] - r["frame_start"]
-            reason = f"{path}: clip {r['clip_id']} got {got} of {need} frames" + (f" ({error})" if error else " (video ended)")
+            ending = f" ({error})" if error else " (video ended)"
+            reason = f"{path}: clip {r['clip_id']} got {got} of {need} frames{ending}"
             yield r, None, reason
 
 

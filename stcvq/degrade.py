@@ -1,8 +1,8 @@
 """Degradations that turn HQ face clips into LQ training inputs, one function per task.
 
 - ``bfvr``: blind face video restoration, the paper's Eq. 9
-  ``y = {[(x * k_sigma) down_r + n_delta] ffmpeg_crf} up_r``. Unlike the reference code (DESIGN.md
-  section 3, fault 5) every parameter is drawn independently, the noise field is drawn anew for
+  ``y = {[(x * k_sigma) down_r + n_delta] ffmpeg_crf} up_r``. Unlike the reference code (docs/design.md,
+  section 3.5) every parameter is drawn independently, the noise field is drawn anew for
   every frame, and the CRF really reaches a real libx264 encode. ``consistent`` mode draws one
   parameter set per clip (the paper's default); ``stochastic`` draws one per frame (Table 6).
   Each clip also gets a noise-free LQ (same draws, delta = 0) for incremental Stage II training.
@@ -70,7 +70,8 @@ class BFVRConfig:
     sigma_reference_size: int | None = None
 
     def __post_init__(self) -> None:
-        check(self.sigma_reference_size is None or self.sigma_reference_size > 0, "bfvr.sigma_reference_size must be > 0 or null")
+        check(self.sigma_reference_size is None or self.sigma_reference_size > 0,
+              "bfvr.sigma_reference_size must be > 0 or null")
         _check_range("bfvr.blur_sigma", self.blur_sigma, 0.0)
         _check_range("bfvr.downscale", self.downscale, 1.0)
         _check_range("bfvr.noise_sigma", self.noise_sigma, 0.0)
@@ -168,7 +169,9 @@ def _add_noise(small: np.ndarray, sigma: float, rng: np.random.Generator) -> np.
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
-def _compress_up(small: list[np.ndarray], crf: int, fps: float, size_hw: tuple[int, int], workdir: Path) -> list[np.ndarray]:
+def _compress_up(
+    small: list[np.ndarray], crf: int, fps: float, size_hw: tuple[int, int], workdir: Path
+) -> list[np.ndarray]:
     """{.}ffmpeg_crf then up_r: a real libx264 encode/decode, then resize to the HQ size."""
     decoded = encode_decode_roundtrip(small, fps, crf, workdir)
     if len(decoded) != len(small):
@@ -298,7 +301,8 @@ class SyntheticRerender:
         sharp = up + amount * (up - cv2.GaussianBlur(up, (0, 0), 1.0))
         rendered = sharp + texture[..., None]
         shift = np.float32([[1, 0, dx], [0, 1, dy]])
-        rendered = cv2.warpAffine(rendered, shift, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        rendered = cv2.warpAffine(rendered, shift, (width, height), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REFLECT)
         out = np.clip(np.rint(rendered), 0, 255).astype(np.uint8)
         return out, {"detail_strength": strength, "detail_sigma": grain, "sharpen": amount, "shift": [dx, dy]}
 
@@ -323,9 +327,11 @@ def load_upscale_pipeline(model: str, device: str = "cpu"):
     if looks_local and not path.is_dir():
         raise WeightsUnavailable(f"Stable Diffusion x4 upscaler weights not found: {path} is not a folder. {hint}")
     try:
-        pipe = StableDiffusionUpscalePipeline.from_pretrained(str(path) if looks_local else model, local_files_only=looks_local)
+        pipe = StableDiffusionUpscalePipeline.from_pretrained(str(path) if looks_local else model,
+                                                              local_files_only=looks_local)
     except (OSError, ValueError, EnvironmentError) as err:
-        raise WeightsUnavailable(f"cannot load the Stable Diffusion x4 upscaler from {model!r}: {err}. {hint}") from None
+        raise WeightsUnavailable(
+            f"cannot load the Stable Diffusion x4 upscaler from {model!r}: {err}. {hint}") from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -347,7 +353,8 @@ class DiffusersRerender:
 
         cfg = self.cfg
         height, width = frame.shape[:2]
-        small = cv2.resize(frame, (max(1, width // cfg.scale), max(1, height // cfg.scale)), interpolation=cv2.INTER_AREA)
+        small_size = (max(1, width // cfg.scale), max(1, height // cfg.scale))
+        small = cv2.resize(frame, small_size, interpolation=cv2.INTER_AREA)
         seed = int(rng.integers(0, 2**31 - 1))
         generator = torch.Generator(device="cpu").manual_seed(seed)
         result = self.pipe(
@@ -380,7 +387,8 @@ def pixel_flicker(
     for index in chosen:
         out[index], drawn = renderer.render(out[index], rng)
         per_frame.append(drawn)
-    meta = {"backend": renderer.name, "backend_label": renderer.label, "rerendered_frames": chosen, "per_frame": per_frame, "scale": cfg.scale}
+    meta = {"backend": renderer.name, "backend_label": renderer.label, "rerendered_frames": chosen,
+            "per_frame": per_frame, "scale": cfg.scale}
     return out, meta
 
 

@@ -33,7 +33,7 @@ import logging
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Protocol
 
 import cv2
 import numpy as np
@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from stcvq import video
 from stcvq.config import check
+from stcvq.frames import frames_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,6 @@ def window_weights(length: int, overlap: int, first_pending: int, blend_start: b
     return np.where(idx < first_pending, 0.0, up * down).astype(np.float32)
 
 
-def _to_tensor(frames: Sequence[np.ndarray]) -> torch.Tensor:
-    arr = np.stack(frames).astype(np.float32) / 255.0  # (T, H, W, 3)
-    return torch.from_numpy(arr).permute(3, 0, 1, 2)  # (3, T, H, W)
-
-
 def _autocast(device: torch.device, dtype: str):
     if dtype == "float32":
         return contextlib.nullcontext()
@@ -232,7 +228,7 @@ def restore_stream(
     next_start = 0  # start of the next regular window
 
     def run(windows: list[_Window]) -> None:
-        batch = torch.stack([_to_tensor(w.frames) for w in windows]).to(device)
+        batch = torch.stack([frames_to_tensor(w.frames) for w in windows]).to(device)
         with torch.inference_mode(), _autocast(device, config.dtype):
             out = model.restore(batch).float().clamp(0, 1)  # clamp, never min-max renormalise
         out = out.permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, T, H, W, 3)

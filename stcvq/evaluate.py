@@ -1,4 +1,4 @@
-"""Evaluate one task's restoration model on its test split (issue 7).
+"""Evaluate one task's restoration model on its test split.
 
 Every clip is scored twice against its ground truth with :func:`stcvq.metrics.video_metrics`:
 the degraded input (what you start from) and the restored output (what the model gives), then
@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from stcvq.config import check, from_dict
 from stcvq.enhance import ClipRestorer, StreamConfig, restore_stream
+from stcvq.frames import frames_to_tensor, to_uint8_video
 from stcvq.io import atomic_path
 from stcvq.metrics import FVDAccumulator, MetricModels, MetricResult, aggregate, device_description, video_metrics
 from stcvq.video import VIDEO_SUFFIXES, VideoError, read_frames
@@ -88,22 +89,17 @@ class EvaluateConfig:
         unknown = sorted(set(self.tasks) - set(TASKS))
         check(not unknown, f"evaluate.tasks: unknown task(s) {unknown}; known: {list(TASKS)}")
         object.__setattr__(self, "tasks", {
-            name: task if isinstance(task, EvaluateTaskConfig) else from_dict(EvaluateTaskConfig, task, where=f"evaluate.tasks.{name}")
+            name: task if isinstance(task, EvaluateTaskConfig)
+            else from_dict(EvaluateTaskConfig, task, where=f"evaluate.tasks.{name}")
             for name, task in self.tasks.items()})
-        check(self.max_clips is None or self.max_clips >= 1, f"evaluate.max_clips must be >= 1 or null, got {self.max_clips}")
-        check(0.0 <= self.profile_column <= 1.0, f"evaluate.profile_column must be in [0, 1], got {self.profile_column}")
+        check(self.max_clips is None or self.max_clips >= 1,
+              f"evaluate.max_clips must be >= 1 or null, got {self.max_clips}")
+        check(0.0 <= self.profile_column <= 1.0,
+              f"evaluate.profile_column must be in [0, 1], got {self.profile_column}")
         check(self.grid_frames >= 1, f"evaluate.grid_frames must be >= 1, got {self.grid_frames}")
 
     def task(self, name: str) -> EvaluateTaskConfig:
         return self.tasks.get(name) or EvaluateTaskConfig(model=f"models/stage2-{name}")
-
-
-def to_uint8_video(clip: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(3, T, H, W) float in [0, 1] -> (T, H, W, 3) uint8 RGB, the metrics' video layout."""
-    clip = torch.as_tensor(clip).detach().float().cpu()
-    if clip.ndim != 4 or clip.shape[0] != 3:
-        raise ValueError(f"expected a (3, T, H, W) clip, got shape {tuple(clip.shape)}")
-    return (clip.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).contiguous().numpy()
 
 
 def _sync(device: torch.device) -> None:
@@ -111,7 +107,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def restore_clip(model: ClipRestorer, lq: torch.Tensor, device: str | torch.device = "cpu") -> tuple[torch.Tensor, float]:
+def restore_clip(
+    model: ClipRestorer, lq: torch.Tensor, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, float]:
     """Restore one (3, T, H, W) clip in one model call; returns the output and the wall seconds.
 
     The test clips are cut at the model's clip layout (T <= clip_length, H = W = size), so no
@@ -266,12 +264,9 @@ def read_first_frames(path: Path, frames: int, size: int) -> np.ndarray:
     paper's protocol): (frames, size, size, 3) uint8 RGB. Fewer frames is a ValueError."""
     raw = list(read_frames(path, stop=frames))  # a frame folder reads in natural name order
     if len(raw) < frames:
-        raise ValueError(f"{path}: has {len(raw)} frames, fewer than the {frames} scored (pass fewer frames to score it)")
+        raise ValueError(
+            f"{path}: has {len(raw)} frames, fewer than the {frames} scored (pass fewer frames to score it)")
     return np.stack([resize_square(frame, size) for frame in raw])
-
-
-def _as_clip(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 255  # (3, T, H, W) in [0, 1]
 
 
 class PairedTestSet:
@@ -300,7 +295,8 @@ class PairedTestSet:
                 log.warning("%s skipped: %s", key, err)
                 self.skipped.append({"key": key, "error": str(err)})
                 continue
-            yield {"hq": _as_clip(hq), "lq": _as_clip(lq), "meta": {"key": key, "lq": str(lq_path), "gt": str(gt_path)}}
+            meta = {"key": key, "lq": str(lq_path), "gt": str(gt_path)}
+            yield {"hq": frames_to_tensor(hq), "lq": frames_to_tensor(lq), "meta": meta}
 
 
 class PairedRestorer:
@@ -315,8 +311,9 @@ class PairedRestorer:
     def restore(self, clips: torch.Tensor) -> torch.Tensor:
         restored = []
         for clip in clips:
-            frames = restore_stream(list(to_uint8_video(clip)), self.model, self._to_model, self._from_model, self.stream)
-            restored.append(_as_clip(np.stack(list(frames))))
+            frames = restore_stream(list(to_uint8_video(clip)), self.model, self._to_model, self._from_model,
+                                    self.stream)
+            restored.append(frames_to_tensor(np.stack(list(frames))))
         return torch.stack(restored).to(clips.device)
 
     def _to_model(self, frame: np.ndarray) -> np.ndarray:
@@ -358,7 +355,8 @@ def evaluate_paired(
     if max_clips is not None and max_clips < 1:
         raise ValueError(f"max_clips must be >= 1 or None, got {max_clips}")
     samples = PairedTestSet(lq_dir, gt_dir, frames, size)
-    log.info("%s: %d pairs from %s and %s, first %d frames at %dx%d", task, len(samples), lq_dir, gt_dir, frames, size, size)
+    log.info("%s: %d pairs from %s and %s, first %d frames at %dx%d",
+             task, len(samples), lq_dir, gt_dir, frames, size, size)
     report = evaluate_task(paired_restorer(model, frames, size, device), samples, models_for_metrics,
                            task=task, max_clips=max_clips, faces=faces, device=device)
     report["skipped"] += samples.skipped
@@ -395,7 +393,9 @@ def _side_by_side(images: Sequence[np.ndarray], gap: int, axis: int) -> np.ndarr
     return np.concatenate(parts, axis=axis)
 
 
-def profile_comparison(videos: Sequence[np.ndarray], column: float | int = 0.5, *, time_scale: int = 4, gap: int = 2) -> np.ndarray:
+def profile_comparison(
+    videos: Sequence[np.ndarray], column: float | int = 0.5, *, time_scale: int = 4, gap: int = 2
+) -> np.ndarray:
     """Temporal profiles side by side (input | output | ground truth), white gaps between."""
     if not videos:
         raise ValueError("profile_comparison needs at least one video")

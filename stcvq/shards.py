@@ -10,11 +10,10 @@ Layout (one folder per task)::
     {split}-{task}.json          index: shards, and for each sample each member's byte offset,
                                  size and CRC32
 
-Frame format: FFV1 is lossless and 2-6x smaller than raw frames (3x on the embedded default,
-5.7x on 512^2 upscaled face video); it decodes at about 0.7 ms per 64^2 frame and 8 ms per 512^2
-frame on one core here (a 24-frame 512^2 HQ+LQ pair in ~0.4 s per worker). ``npy`` (raw uint8
-(T, H, W, 3)) decodes 25-60x faster at 3-6x the size: pick it with ``frame_codec: npy`` when disk
-is cheap and CPU is not. Both are exact; benchmarks/bench_synthesis.py measures both.
+Frame format: FFV1 is lossless and several times smaller than raw frames, but decoding it takes
+CPU in every loader worker. ``npy`` (raw uint8 (T, H, W, 3)) decodes far faster at several times
+the size: pick it with ``frame_codec: npy`` when disk is cheap and CPU is not. Both are exact;
+benchmarks/bench_synthesis.py measures both.
 
 Determinism: tars are written with fixed member metadata (mtime 0, uid/gid 0, no user names)
 in clip order, FFV1 with bitexact flags and one thread: the same input gives the same bytes.
@@ -45,6 +44,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from stcvq.config import check
+from stcvq.frames import frames_to_tensor
 from stcvq.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class ShardWriter:
         if exc_type is None:
             self.close()
         else:
-            self._abort()
+            self.abort()
 
     def _open_shard(self) -> None:
         name = shard_pattern(self.split, self.task) % len(self.shards)
@@ -161,7 +161,12 @@ class ShardWriter:
             self._tmp_ctx.__exit__(None, None, None)
             self._tar, self._tmp_ctx = None, None
 
-    def _abort(self) -> None:
+    @property
+    def num_samples(self) -> int:
+        return sum(len(s["samples"]) for s in self.shards)
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temporary file); finished shards stay."""
         if self._tar is not None:
             self._tar.close()
             try:
@@ -206,7 +211,7 @@ class ShardWriter:
             "format": "stcvq-shards/1",
             "split": self.split,
             "task": self.task,
-            "num_samples": sum(len(s["samples"]) for s in self.shards),
+            "num_samples": self.num_samples,
             "shards": [{"name": s["name"], "samples": s["samples"]} for s in self.shards],
         }
         path = self.out_dir / index_name(self.split, self.task)
@@ -330,11 +335,6 @@ def load_index(sources: str | Path | Sequence[str | Path]) -> list[SampleRef]:
 # --------------------------------------------------------------------------- loader
 
 
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (C, T, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(255.0)
-
-
 class ClipDataset(IterableDataset):
     """HQ/LQ clip pairs from shards, shuffled per epoch, disjoint across DDP ranks and workers.
 
@@ -372,7 +372,7 @@ class ClipDataset(IterableDataset):
         self.refs = load_index(sources)
         if not self.refs:
             raise ShardError(f"{sources}: no samples")
-        missing = [r.key for r in self.refs if "hq" not in {e.split(".")[0] for e in r.members} or not any(e.split(".")[0] == lq for e in r.members)]
+        missing = [r.key for r in self.refs if not {"hq", lq} <= {e.split(".")[0] for e in r.members}]
         if missing:
             raise ShardError(f"{sources}: samples without hq/{lq} members, e.g. {missing[:3]}")
         if rank is None or world_size is None:
@@ -423,20 +423,23 @@ class ClipDataset(IterableDataset):
                     continue
                 data = reader.read(ref.shard, offset, size)
                 if len(data) != size:
-                    raise ShardError(f"{ref.shard}: sample {ref.key}: member {ext} truncated ({len(data)} of {size} bytes)")
+                    raise ShardError(
+                        f"{ref.shard}: sample {ref.key}: member {ext} truncated ({len(data)} of {size} bytes)")
                 if crc is not None and zlib.crc32(data) != crc:
                     raise ShardError(f"{ref.shard}: sample {ref.key}: member {ext} is corrupt (CRC32 mismatch)")
                 if name == "json":
                     out["meta"] = json.loads(data)
                 else:
                     try:
-                        out["lq" if name == self.lq else name] = _to_tensor(decode_frames(data, fmt or "mkv"))
+                        out["lq" if name == self.lq else name] = frames_to_tensor(decode_frames(data, fmt or "mkv"))
                     except (ValueError, av.error.FFmpegError) as err:
-                        raise ShardError(f"{ref.shard}: sample {ref.key}: member {ext} does not decode: {err}") from None
+                        raise ShardError(
+                            f"{ref.shard}: sample {ref.key}: member {ext} does not decode: {err}") from None
             out.setdefault("meta", {})
             out["meta"]["key"] = ref.key
             if out["hq"].shape != out["lq"].shape:
-                raise ShardError(f"{ref.shard}: sample {ref.key}: hq {tuple(out['hq'].shape)} != lq {tuple(out['lq'].shape)}")
+                shapes = f"hq {tuple(out['hq'].shape)} != lq {tuple(out['lq'].shape)}"
+                raise ShardError(f"{ref.shard}: sample {ref.key}: {shapes}")
             return out
         except (ShardError, OSError, ValueError) as err:
             if self.on_error == "raise":
@@ -486,94 +489,3 @@ def make_loader(
 
 def _identity(item):
     return item
-
-
-# --------------------------------------------------------------------------- clips -> shards
-
-
-def _synthesize_job(job: tuple) -> tuple[str, dict[str, bytes] | None, dict[str, Any], str | None]:
-    """Worker body: degrade one clip and encode its members (picklable for a process pool)."""
-    from stcvq.degrade import synthesize_clip
-
-    row, frames, task, synth_cfg, codec, global_seed, seed, renderer = job
-    try:
-        lqs, drawn = synthesize_clip(task, frames, synth_cfg, seed, fps=float(row["fps"]) or 25.0, renderer=renderer)
-    except Exception as err:  # one bad clip is recorded and skipped, nothing else lost
-        return row["clip_id"], None, {}, f"{row['clip_id']}: synthesis failed: {type(err).__name__}: {err}"
-    ext = FRAME_EXTENSIONS[codec]
-    meta = {
-        "clip_id": row["clip_id"], "video_id": row["video_id"], "source_group": row["source_group"],
-        "source_path": row["source_path"], "original_path": row.get("original_path", ""), "split": row["split"], "split_mode": row["split_mode"],
-        "split_range": [row["split_start"], row["split_stop"]],
-        "frame_start": int(row["frame_start"]), "frame_stop": int(row["frame_stop"]), "fps": float(row["fps"]),
-        "num_frames": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2]),
-        "task": task, "global_seed": global_seed, "seed": seed, "frame_codec": codec,
-        "backend": drawn.get("backend"), "degradation": drawn,
-    }
-    members = {f"hq.{ext}": encode_frames(frames, codec, row["fps"])}
-    for name, lq in lqs.items():
-        members[f"{name}.{ext}"] = encode_frames(lq, codec, row["fps"])
-    members["json"] = (json.dumps(meta, sort_keys=True, allow_nan=False) + "\n").encode()
-    return row["clip_id"], members, meta, None
-
-
-def write_task_shards(
-    clips, task: str, synth_cfg, shard_cfg: ShardConfig, out_dir: str | Path, *, seed: int = 0, workers: int = 1,
-    renderer=None, splits: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Degrade every clip for ``task`` and write ``{split}-{task}-%06d.tar`` + index per split.
-
-    ``clips`` is the table from :func:`stcvq.clips.plan_clips`. Per-clip seeds come from
-    (seed, task, clip id), so the bytes do not depend on ``workers``. Returns a summary with
-    counts per split and every skipped clip with its reason. Every split in ``splits`` (default:
-    those in ``clips``) gets an index, an empty one when it has no clips, so readers find it.
-    """
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm import tqdm
-
-    from stcvq.clips import iter_clip_frames
-    from stcvq.degrade import clip_seed, make_renderer
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if task == "deflicker-pixel" and renderer is None:
-        renderer = make_renderer(synth_cfg.deflicker_pixel)  # fails early and clearly without weights
-    if renderer is not None and renderer.name == "diffusers":
-        workers = 1  # one model in one process; the pipeline threads internally
-    splits = list(dict.fromkeys([*(splits or []), *clips["split"]]))
-    skipped: list[dict[str, str]] = []
-    counts: dict[str, int] = {}
-    backend = None
-
-    def jobs():
-        for row, frames, reason in iter_clip_frames(clips):
-            if frames is None:
-                skipped.append({"clip_id": row["clip_id"], "reason": reason})
-                continue
-            yield (row, frames, task, synth_cfg, shard_cfg.frame_codec, seed, clip_seed(seed, task, row["clip_id"]), renderer)
-
-    # One writer per split, all open at once, fed in the (deterministic) order clips are decoded:
-    # pool.map keeps that order, so the bytes do not depend on scheduling, and nothing piles up.
-    writers: dict[str, ShardWriter] = {split: ShardWriter(out_dir, split, task, shard_cfg) for split in splits}
-    pool = ProcessPoolExecutor(workers) if workers > 1 else None
-    try:
-        mapped = pool.map(_synthesize_job, jobs(), chunksize=1) if pool else map(_synthesize_job, jobs())
-        for clip_id, members, meta, reason in tqdm(mapped, total=len(clips), desc=f"synthesize {task}", unit="clip"):
-            if reason:
-                log.warning("skipped %s", reason)
-                skipped.append({"clip_id": clip_id, "reason": reason})
-                continue
-            writers[meta["split"]].write(clip_id, members)
-            backend = meta["degradation"].get("backend_label", meta["backend"])
-        for split, writer in writers.items():
-            writer.close()
-            counts[split] = sum(len(s["samples"]) for s in writer.shards)
-    except BaseException:
-        for writer in writers.values():
-            writer._abort()
-        raise
-    finally:
-        if pool:
-            pool.shutdown()
-    return {"task": task, "backend": backend, "frame_codec": shard_cfg.frame_codec, "clips": counts, "skipped": skipped}

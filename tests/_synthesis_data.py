@@ -1,4 +1,4 @@
-"""Fixture builders shared by the synthesis/shard tests (issue 3): a real face crop, a tiny SD x4."""
+"""Fixture builders shared by the synthesis/shard tests: a real face crop, a tiny SD x4."""
 
 from __future__ import annotations
 
@@ -29,7 +29,13 @@ def manifest_for(rows: list[dict]) -> pd.DataFrame:
 def build_tiny_upscaler(folder: Path) -> Path:
     """A tiny random StableDiffusionUpscalePipeline saved with save_pretrained; returns its folder."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,7 +47,8 @@ def build_tiny_upscaler(folder: Path) -> Path:
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, num_class_embeds=100,
     )
     vae = AutoencoderKL(
-        block_out_channels=[32, 32, 64], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8, scaling_factor=0.08333,
+        block_out_channels=[32, 32, 64], in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+        scaling_factor=0.08333,
         down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, layers_per_block=1,
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from _synthesis_data import carphone_crop, manifest_for
+
 from stcvq.clips import ClipConfig, assign_groups, iter_clip_frames, plan_clips, safe_key
 from stcvq.config import ConfigError, from_dict
 from stcvq.video import read_video, write_video
@@ -23,7 +23,8 @@ def crops(carphone_path, tmp_path_factory):
 def test_time_split_with_one_source_group(crops):
     manifest = manifest_for([
         {"video_id": "carphone", "source_group": "carphone", "cropped_path": str(crops["full"]), "num_frames": 120},
-        {"video_id": "carphone_halffps", "source_group": "carphone", "cropped_path": str(crops["half"]), "num_frames": 60, "fps": 14.985},
+        {"video_id": "carphone_halffps", "source_group": "carphone", "cropped_path": str(crops["half"]),
+         "num_frames": 60, "fps": 14.985},
     ])
     clips, skips, summary = plan_clips(manifest, ClipConfig(length=8))
     assert summary["split_mode"] == "time" and set(clips["split_mode"]) == {"time"}
@@ -43,8 +44,9 @@ def test_time_split_with_one_source_group(crops):
 def test_group_split_keeps_groups_whole(crops):
     rows = []
     for group in ["a", "b", "c", "d", "e"]:
-        rows.append({"video_id": f"{group}", "source_group": group, "cropped_path": str(crops["full"]), "num_frames": 120})
-        rows.append({"video_id": f"{group}_x4", "source_group": group, "cropped_path": str(crops["full"]), "num_frames": 120})
+        for video_id in (group, f"{group}_x4"):
+            rows.append({"video_id": video_id, "source_group": group, "cropped_path": str(crops["full"]),
+                         "num_frames": 120})
     clips, _, summary = plan_clips(manifest_for(rows), ClipConfig(length=8, max_per_video=3))
     assert summary["split_mode"] == "group"
     assert (clips.groupby("source_group")["split"].nunique() == 1).all()
@@ -90,7 +92,8 @@ def test_resolution_must_divide_by_8():
 
 
 def test_iter_clip_frames_gives_exact_frames_and_reports_missing(crops):
-    manifest = manifest_for([{"video_id": "carphone", "source_group": "carphone", "cropped_path": str(crops["full"]), "num_frames": 120}])
+    manifest = manifest_for([{"video_id": "carphone", "source_group": "carphone", "cropped_path": str(crops["full"]),
+                              "num_frames": 120}])
     clips, _, _ = plan_clips(manifest, ClipConfig(length=8, stride=6))  # overlapping windows
     seen = 0
     for row, frames, reason in iter_clip_frames(clips):

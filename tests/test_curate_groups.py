@@ -11,9 +11,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from _dvc_stages import stage_argv
+from _synthesis_data import carphone_crop, manifest_for
 from imageio_ffmpeg import get_ffmpeg_exe
 
-from _synthesis_data import carphone_crop, manifest_for
 from stcvq.clips import ClipConfig, plan_clips
 from stcvq.config import ConfigError, from_dict
 from stcvq.curate import IngestConfig
@@ -74,8 +75,8 @@ def test_the_split_keeps_near_duplicates_together(duplicates, carphone_path, tmp
     crop = carphone_crop(carphone_path, tmp_path / "crop.mkv")
     rows = list(ingest(duplicates, tmp_path).values())
     rows += [{"video_id": g, "source_group": g, "keep": True} for g in ("g1", "g2", "g3", "g4")]
-    manifest = manifest_for([{**{k: r[k] for k in ("video_id", "source_group")}, "cropped_path": str(crop), "num_frames": 120}
-                             for r in rows])
+    manifest = manifest_for([{"video_id": r["video_id"], "source_group": r["source_group"], "cropped_path": str(crop),
+                              "num_frames": 120} for r in rows])
     clips, _, summary = plan_clips(manifest, ClipConfig(length=8, max_per_video=2))
     assert summary["split_mode"] == "group"
     carphones = clips[clips.video_id.isin(["carphone", "copy", "reencoded"])]
@@ -120,7 +121,8 @@ def test_subfolder_groups_and_frame_folders(nested, carphone_path, tmp_path):
     raw = Path(frames["raw_path"])
     assert raw.is_dir() and (raw / "fps.txt").read_text() == "25/2\n"  # later stages read the same rate
     assert np.array_equal(read_video(raw), read_video(carphone_path, stop=12))
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["a_frames", "a_x.mp4", "a_y.mp4", "b_deep_z.mp4", "top.mp4"]
+    names = sorted(p.name for p in (tmp_path / "raw").iterdir())
+    assert names == ["a_frames", "a_x.mp4", "a_y.mp4", "b_deep_z.mp4", "top.mp4"]
 
 
 def test_a_frame_folder_given_as_ingest_folder_is_one_video(nested, tmp_path):
@@ -133,8 +135,9 @@ def test_csv_and_json_mapping_files(nested, tmp_path):
     csv_file.write_text("path,group\na/x.mp4,person1\n./b/deep/z.mp4,person1\na/frames/,person2\n")
     rows = ingest(nested, tmp_path, groups=str(csv_file))
     groups = {v: (r["source_group"], r["group_reason"]) for v, r in rows.items()}
-    assert groups == {"a_x": ("person1", "mapping"), "b_deep_z": ("person1", "mapping"), "a_frames": ("person2", "mapping"),
-                      "a_y": ("a_y", "file"), "top": ("top", "file"), "bad": ("bad", "file")}
+    assert groups == {"a_x": ("person1", "mapping"), "b_deep_z": ("person1", "mapping"),
+                      "a_frames": ("person2", "mapping"), "a_y": ("a_y", "file"), "top": ("top", "file"),
+                      "bad": ("bad", "file")}
     json_file = tmp_path / "groups.json"
     json_file.write_text(json.dumps({"top.mp4": "person3", "a/y.mp4": "person3"}))
     rows = ingest(nested, tmp_path, groups=str(json_file))
@@ -172,7 +175,8 @@ def test_groups_param_is_validated():
         from_dict(IngestConfig, {"groups": "folder"})
     with pytest.raises(ConfigError, match="duplicate_distance"):
         from_dict(IngestConfig, {"duplicate_distance": 0.7})
-    assert from_dict(IngestConfig, {"folder": "x", "groups": "map.JSON", "duplicate_distance": None}).duplicate_distance is None
+    config = from_dict(IngestConfig, {"folder": "x", "groups": "map.JSON", "duplicate_distance": None})
+    assert config.duplicate_distance is None
 
 
 def test_the_ingest_stage_reports_a_bad_mapping_in_one_line(nested, tmp_path, monkeypatch, capsys):
@@ -182,9 +186,10 @@ def test_the_ingest_stage_reports_a_bad_mapping_in_one_line(nested, tmp_path, mo
     bad = tmp_path / "groups.csv"
     bad.write_text("nope\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(stage, "load_params", lambda *_: {"ingest": {"folder": str(nested), "groups": str(bad)}, "workers": 1})
+    params = {"ingest": {"folder": str(nested), "groups": str(bad)}, "workers": 1}
+    monkeypatch.setattr(stage, "load_params", lambda *_: params)
     with pytest.raises(SystemExit) as err:
-        run_stage(stage.main)
+        run_stage(stage.main, stage_argv("ingest"))
     assert err.value.code == 2
     assert capsys.readouterr().err == f"error: {bad}: needs a header with columns path,group; got ['nope']\n"
     assert not (tmp_path / "data").exists()

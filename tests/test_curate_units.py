@@ -18,7 +18,6 @@ from stcvq.curate.orientation import OrientationConfig, is_side_face, side_ratio
 from stcvq.curate.text import PaddleOCRDetector, TextConfig, measure_text, polygon_fraction
 from stcvq.faces import FaceBox
 
-
 # --- orientation: side ratio on hand-made landmarks -------------------------------------
 
 def landmarks(right_eye_x: float, nose_x: float, left_eye_x: float, roll_degrees: float = 0.0) -> np.ndarray:

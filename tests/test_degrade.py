@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
-
 from _synthesis_data import build_tiny_upscaler
+
 from stcvq.config import ConfigError, from_dict
 from stcvq.degrade import (
     BFVRConfig,
@@ -116,7 +114,8 @@ def test_brightness_flicker_matches_convert_scale_abs(face_clip):
     for i, alpha in zip(meta["flicker_frames"], meta["alphas"]):
         assert 0.5 <= alpha <= 1.5
         assert np.array_equal(out[i], cv2.convertScaleAbs(face_clip[i], alpha=alpha, beta=0))
-    same, meta = brightness_flicker(face_clip, BrightnessFlickerConfig(probability=0.0, min_frames=0), np.random.default_rng(0))
+    never = BrightnessFlickerConfig(probability=0.0, min_frames=0)
+    same, meta = brightness_flicker(face_clip, never, np.random.default_rng(0))
     assert np.array_equal(same, face_clip) and meta["flicker_frames"] == []
 
 
@@ -128,8 +127,10 @@ def test_brightness_flicker_min_frames_adds_smallest_draws(face_clip):
     assert meta["flicker_frames"] == sorted(np.argsort(draws)[:2].tolist())
     changed = [i for i in range(len(face_clip)) if not np.array_equal(out[i], face_clip[i])]
     assert set(changed) <= set(meta["flicker_frames"]) and changed
-    many, _ = brightness_flicker(face_clip, BrightnessFlickerConfig(probability=1.0, min_frames=2), np.random.default_rng(3))
-    plain, _ = brightness_flicker(face_clip, BrightnessFlickerConfig(probability=1.0, min_frames=0), np.random.default_rng(3))
+    many, _ = brightness_flicker(face_clip, BrightnessFlickerConfig(probability=1.0, min_frames=2),
+                                 np.random.default_rng(3))
+    plain, _ = brightness_flicker(face_clip, BrightnessFlickerConfig(probability=1.0, min_frames=0),
+                                  np.random.default_rng(3))
     assert np.array_equal(many, plain)
 
 
@@ -176,13 +177,16 @@ def test_diffusers_backend_with_tiny_random_pipeline(face_clip, tmp_path):
 
 def test_clip_seed_depends_on_all_inputs():
     assert clip_seed(0, "bfvr", "a-000000") == clip_seed(0, "bfvr", "a-000000")
-    assert len({clip_seed(0, "bfvr", "a"), clip_seed(1, "bfvr", "a"), clip_seed(0, "deflicker", "a"), clip_seed(0, "bfvr", "b")}) == 4
+    seeds = {clip_seed(0, "bfvr", "a"), clip_seed(1, "bfvr", "a"), clip_seed(0, "deflicker", "a"),
+             clip_seed(0, "bfvr", "b")}
+    assert len(seeds) == 4
 
 
 def test_blur_sigma_scales_with_reference_size(face_clip):
     # the same draws; a 512 reference blurs a 64^2 clip 8x less, so it stays closer to the HQ
     base = dict(blur_sigma=(4.0, 4.0), downscale=(1.0, 1.0), noise_sigma=(0.0, 0.0), crf=(10, 10))
     as_is, _, meta = bfvr_degrade(face_clip, BFVRConfig(**base), np.random.default_rng(0))
-    scaled, _, scaled_meta = bfvr_degrade(face_clip, BFVRConfig(**base, sigma_reference_size=512), np.random.default_rng(0))
+    scaled, _, scaled_meta = bfvr_degrade(face_clip, BFVRConfig(**base, sigma_reference_size=512),
+                                          np.random.default_rng(0))
     assert meta["blur_sigma_applied_scale"] == 1.0 and scaled_meta["blur_sigma_applied_scale"] == 0.125
     assert psnr(scaled, face_clip) > psnr(as_is, face_clip) + 3.0

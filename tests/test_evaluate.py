@@ -8,9 +8,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _dvc_stages import stage_argv
 
 from stcvq.config import ConfigError, from_dict
-from stcvq.evaluate import EvaluateConfig, evaluate_task, frame_grid, profile_comparison, temporal_profile, to_uint8_video, write_png
+from stcvq.evaluate import (
+    EvaluateConfig,
+    evaluate_task,
+    frame_grid,
+    profile_comparison,
+    temporal_profile,
+    to_uint8_video,
+    write_png,
+)
+from stcvq.frames import frames_to_tensor
 from stcvq.metrics import load_models
 from stcvq.metrics.fidelity import PSNR_CAP_DB
 from stcvq.stage2 import Stage2Config, Stage2Model
@@ -42,8 +52,9 @@ def _clip(video: np.ndarray, start: int, frames: int, size: int) -> torch.Tensor
     h, w = video.shape[1:3]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    crops = [cv2.resize(f[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_AREA) for f in video[start:start + frames]]
-    return torch.from_numpy(np.stack(crops)).permute(3, 0, 1, 2).float() / 255
+    crops = [cv2.resize(f[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_AREA)
+             for f in video[start:start + frames]]
+    return frames_to_tensor(crops)
 
 
 def _flicker(clip: torch.Tensor, seed: int) -> torch.Tensor:
@@ -124,7 +135,8 @@ def test_bad_clip_is_recorded_and_skipped(carphone, metric_models):
 
 def test_identity_metrics_with_faces(carphone, metric_models):
     hq = _clip(carphone, 0, 4, 96)
-    report = evaluate_task(Identity(4, 96), [{"hq": hq, "lq": hq.clone(), "meta": {}}], metric_models, task="bfvr", faces=True)
+    samples = [{"hq": hq, "lq": hq.clone(), "meta": {}}]
+    report = evaluate_task(Identity(4, 96), samples, metric_models, task="bfvr", faces=True)
     _check_report(report)
     assert {"akd", "ids", "face_cons"} <= set(report["output"])
     assert report["output"]["ids"] == pytest.approx(1.0)  # identical videos: identical descriptors
@@ -178,7 +190,7 @@ def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
             writer.write(sample["meta"]["key"], {"hq.mkv": encode_frames(to_uint8_video(sample["hq"])),
                                                  "lq.mkv": encode_frames(to_uint8_video(sample["lq"])), "json": b"{}"})
     monkeypatch.setattr(stage, "load_params", lambda *sections: {"evaluate": {"faces": False, "max_clips": 2}})
-    stage.main("bfvr")
+    stage.main(stage_argv("evaluate", "bfvr"))
     report = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
     _check_report(report)
     assert report["task"] == "bfvr" and report["clips"] == 2
@@ -187,13 +199,13 @@ def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
     assert profile.shape == (16, 3 * 4 * 4 + 2 * 2, 3)  # input | output | GT, 4 frames x 4 px each
     assert frames.shape == (3 * 16 + 2 * 2, 4 * 16 + 3 * 2, 3)
     with pytest.raises(SystemExit, match="unknown task"):
-        stage.main("denoise")
+        stage.main(stage_argv("evaluate", "denoise"))
 
     # a model of another clip size (an imported 512^2 one, here 32^2) scores the 16^2 clips resized
     Stage2Model(Stage2Config.tiny(size=32)).save_pretrained(tmp_path / "other")
     tasks = {"bfvr": {"model": str(tmp_path / "other")}}
     monkeypatch.setattr(stage, "load_params", lambda *sections: {"evaluate": {"faces": False, "tasks": tasks}})
-    stage.main("bfvr")
+    stage.main(stage_argv("evaluate", "bfvr"))
     other = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
     assert other["clips"] == 2 and other["input"]["psnr"] == report["input"]["psnr"]
     assert other["output"]["psnr"] != report["output"]["psnr"]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _dvc_stages import stage_argv
 
 from stcvq import cli
 from stcvq.config import ConfigError, from_dict
@@ -71,7 +72,8 @@ def _schema(report: dict) -> dict:
     clip = report["per_clip"][0]
     return {"top": sorted(report), **{side: sorted(report[side]) for side in ("input", "output", "ground_truth")},
             "null_reasons": sorted(report["null_reasons"]), "details": sorted(report["details"]),
-            "per_clip": sorted(clip), **{f"per_clip.{side}": sorted(clip[side]) for side in ("input", "output", "ground_truth")}}
+            "per_clip": sorted(clip),
+            **{f"per_clip.{side}": sorted(clip[side]) for side in ("input", "output", "ground_truth")}}
 
 
 def test_cli_writes_the_pipelines_schema_and_the_direct_psnr(paired, model_dir, tmp_path, capsys):
@@ -83,7 +85,8 @@ def test_cli_writes_the_pipelines_schema_and_the_direct_psnr(paired, model_dir, 
     assert _schema(report) == _schema(json.loads((ROOT / "metrics" / "bfvr.json").read_text()))
     assert report["task"] == "bfvr" and report["clips"] == 1 and report["per_clip"][0]["key"] == "carphone"
     # defaults from the model's config: its clip length (4) and size (16)
-    assert report["input"]["psnr"] == pytest.approx(_direct_psnr(paired / "lq" / "carphone.mp4", paired / "gt" / "carphone.mp4", 4, 16), abs=1e-9)
+    direct = _direct_psnr(paired / "lq" / "carphone.mp4", paired / "gt" / "carphone.mp4", 4, 16)
+    assert report["input"]["psnr"] == pytest.approx(direct, abs=1e-9)
     assert report["output"]["psnr"] != report["input"]["psnr"]  # the model ran
     assert report["skipped"] == [{"key": "short", "error": f"{paired / 'gt' / 'short.mp4'}: has 2 frames, fewer than "
                                                            "the 4 scored (pass fewer frames to score it)"}]
@@ -102,7 +105,8 @@ def test_more_frames_and_another_size_than_the_model(paired, model_dir, metric_m
     assert restorer.restore(clip).shape == clip.shape
     report = evaluate_paired(model, paired / "lq", paired / "gt", metric_models, frames=6, size=24, faces=False)
     assert report["clips"] == 1 and [s["key"] for s in report["skipped"]] == ["short"]
-    assert report["input"]["psnr"] == pytest.approx(_direct_psnr(paired / "lq" / "carphone.mp4", paired / "gt" / "carphone.mp4", 6, 24), abs=1e-9)
+    direct = _direct_psnr(paired / "lq" / "carphone.mp4", paired / "gt" / "carphone.mp4", 6, 24)
+    assert report["input"]["psnr"] == pytest.approx(direct, abs=1e-9)
     assert report["output"]["psnr"] is not None and report["output"]["psnr"] != report["input"]["psnr"]
     assert report["efficiency"]["clip_frames"] == 6
 
@@ -146,13 +150,15 @@ def test_stage_script_scores_another_model_on_a_paired_folder(paired, model_dir,
     monkeypatch.chdir(tmp_path)  # no models/ or data/ here: the params must point elsewhere
     task = {"model": str(model_dir), "lq_dir": str(paired / "lq"), "gt_dir": str(paired / "gt")}
     monkeypatch.setattr(stage, "load_params", lambda *s: {"evaluate": {"faces": False, "tasks": {"bfvr": task}}})
-    stage.main("bfvr")
+    stage.main(stage_argv("evaluate", "bfvr"))
     report = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
-    assert report["clips"] == 1 and report["per_clip"][0]["key"] == "carphone" and report["skipped"][0]["key"] == "short"
+    assert report["clips"] == 1 and report["per_clip"][0]["key"] == "carphone"
+    assert report["skipped"][0]["key"] == "short"
     assert (tmp_path / "plots" / "evaluate-bfvr" / "frames.png").exists()
-    monkeypatch.setattr(stage, "load_params", lambda *s: {"evaluate": {"tasks": {"deflicker": {"model": str(model_dir)}}}})
+    params = {"evaluate": {"tasks": {"deflicker": {"model": str(model_dir)}}}}
+    monkeypatch.setattr(stage, "load_params", lambda *s: params)
     with pytest.raises(SystemExit, match=r"evaluate\.tasks\.deflicker\.model: .* is a 'bfvr' model, not 'deflicker'"):
-        stage.main("deflicker")
+        stage.main(stage_argv("evaluate", "deflicker"))
 
 
 def test_evaluate_params_are_typed_and_validated():

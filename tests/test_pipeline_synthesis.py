@@ -30,7 +30,8 @@ def repo(tmp_path_factory) -> Path:
     if "motion" not in stages or "synthesize" not in stages:
         pytest.skip("the curation stages are not in dvc.yaml yet")
     copy = tmp_path_factory.mktemp("repo") / "stcvq"
-    ignore = shutil.ignore_patterns(".venv", ".git", "data", "metrics", "cache", "tmp", "dvc.lock", "__pycache__", "*.egg-info", ".pytest_cache")
+    ignore = shutil.ignore_patterns(".venv", ".git", "data", "metrics", "cache", "tmp", "dvc.lock", "__pycache__",
+                                    "*.egg-info", ".pytest_cache")
     shutil.copytree(ROOT, copy, ignore=ignore)
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     # DVCLive (training stages) fails in a git repository without a commit ("Empty git repo")
@@ -53,7 +54,8 @@ def test_repro_builds_shards_and_second_run_does_nothing(repo):
         assert (repo / f"data/shards/{task}/train-{task}-000000.tar").exists()
         batch = next(iter(make_loader(repo / f"data/shards/{task}/train-{task}.json", batch_size=2)))
         assert batch["hq"].shape == batch["lq"].shape == (2, 3, 8, 64, 64)
-    assert "NOT Stable Diffusion" in json.loads((repo / "metrics/synthesis-deflicker-pixel.json").read_text())["backend"]
+    pixel = json.loads((repo / "metrics/synthesis-deflicker-pixel.json").read_text())
+    assert "NOT Stable Diffusion" in pixel["backend"]
 
     again = dvc(repo, "repro", "synthesize")
     assert "Running stage" not in again, again
@@ -85,12 +87,14 @@ def test_training_stage_scripts_under_torchrun(repo):
     params["stage2"]["noisefree_steps"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2",
+                "--master_port", str(_free_port())]
     for module in (["-m", "pipeline.stage1"], ["-m", "pipeline.stage2", "bfvr"]):
         proc = subprocess.run([*torchrun, *module], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{module} under torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     stage1 = json.loads((repo / "metrics/stage1.json").read_text())
     stage2 = json.loads((repo / "metrics/stage2-bfvr.json").read_text())
     assert stage1["step"] == 4 and stage2["step"] == 4
-    assert (repo / "models/stage1/model.safetensors").exists() and (repo / "models/stage2-bfvr/model.safetensors").exists()
+    assert (repo / "models/stage1/model.safetensors").exists()
+    assert (repo / "models/stage2-bfvr/model.safetensors").exists()
     assert not list((repo / "models").glob(".stage2-*"))  # no staging folder left behind

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
 import json
 import tarfile
@@ -14,9 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from _synthesis_data import carphone_crop, manifest_for
-from stcvq.clips import ClipConfig, plan_clips
-from stcvq.degrade import PixelFlickerConfig, SynthesisConfig
 from stcvq.shards import (
     ClipDataset,
     ShardConfig,
@@ -26,7 +22,6 @@ from stcvq.shards import (
     encode_frames,
     load_index,
     make_loader,
-    write_task_shards,
 )
 
 
@@ -83,7 +78,8 @@ def test_shards_are_plain_webdataset_tars(tmp_path):
     write_samples(tmp_path, 3)
     with tarfile.open(tmp_path / "train-test-000000.tar") as tar:
         members = tar.getmembers()
-    assert [m.name for m in members[:4]] == ["clip-0000.hq.mkv", "clip-0000.json", "clip-0000.lq.mkv", "clip-0000.lq_noisefree.mkv"]
+    assert [m.name for m in members[:4]] == ["clip-0000.hq.mkv", "clip-0000.json", "clip-0000.lq.mkv",
+                                             "clip-0000.lq_noisefree.mkv"]
     assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" for m in members)
     import webdataset as wds
 
@@ -91,7 +87,8 @@ def test_shards_are_plain_webdataset_tars(tmp_path):
     assert [s["__key__"] for s in samples] == ["clip-0000", "clip-0001", "clip-0002"]
     assert np.array_equal(decode_frames(samples[1]["hq.mkv"], "mkv"), random_clip(1))
     # scanning a plain tar (no index) finds the same samples
-    assert [r.key for r in load_index([str(tmp_path / "train-test-000000.tar")])] == ["clip-0000", "clip-0001", "clip-0002"]
+    keys = [r.key for r in load_index([str(tmp_path / "train-test-000000.tar")])]
+    assert keys == ["clip-0000", "clip-0001", "clip-0002"]
 
 
 def test_keys_with_dots_rejected(tmp_path):
@@ -118,7 +115,8 @@ def test_no_duplicates_across_workers_and_ranks(tmp_path):
 
 def test_uneven_count_keeps_ranks_in_lockstep(tmp_path):
     write_samples(tmp_path, 7)
-    sizes = [len(ClipDataset(tmp_path / "train-test.json", batch_size=2, rank=r, world_size=2).rank_order()) for r in range(2)]
+    sizes = [len(ClipDataset(tmp_path / "train-test.json", batch_size=2, rank=r, world_size=2).rank_order())
+             for r in range(2)]
     assert sizes == [3, 3]
 
 
@@ -189,44 +187,3 @@ def test_reads_over_http(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="module")
-def clip_table(carphone_path, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("crop")
-    crop = carphone_crop(carphone_path, folder / "carphone.mkv", num_frames=48)
-    manifest = manifest_for([{"video_id": "carphone", "source_group": "carphone", "cropped_path": str(crop), "num_frames": 48}])
-    clips, _, _ = plan_clips(manifest, ClipConfig(length=8, splits={"train": 0.5, "val": 0.25, "test": 0.25}))
-    return clips
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-@pytest.mark.parametrize("task", ["bfvr", "deflicker", "deflicker-pixel"])
-def test_same_seed_same_bytes(clip_table, tmp_path, task):
-    cfg = SynthesisConfig(deflicker_pixel=PixelFlickerConfig(backend="synthetic"))
-    first = write_task_shards(clip_table, task, cfg, ShardConfig(), tmp_path / "a", seed=0, workers=1)
-    write_task_shards(clip_table, task, cfg, ShardConfig(), tmp_path / "b", seed=0, workers=2 if task == "bfvr" else 1)
-    write_task_shards(clip_table, task, cfg, ShardConfig(), tmp_path / "c", seed=1, workers=1)
-    assert first["clips"] == {"train": 3, "val": 1, "test": 1} and not first["skipped"]
-    assert digest(tmp_path / "a") == digest(tmp_path / "b")  # also independent of the worker count
-    assert digest(tmp_path / "a") != digest(tmp_path / "c")
-    batch = next(iter(make_loader(tmp_path / "a" / f"train-{task}.json", batch_size=2)))
-    meta = batch["meta"][0]
-    assert batch["hq"].shape == batch["lq"].shape == (2, 3, 8, 64, 64)
-    assert meta["task"] == task and meta["seed"] and meta["source_group"] == "carphone" and meta["split_mode"] == "time"
-    assert meta["frame_stop"] - meta["frame_start"] == 8 and meta["backend"]
-    if task == "deflicker-pixel":
-        assert "NOT Stable Diffusion" in meta["degradation"]["backend_label"]
-
-
-def test_empty_split_gets_an_empty_index(clip_table, tmp_path):
-    cfg = SynthesisConfig()
-    only_train = clip_table[clip_table["split"] == "train"].head(1)
-    summary = write_task_shards(only_train, "deflicker", cfg, ShardConfig(), tmp_path, splits=["train", "val", "test"])
-    assert summary["clips"] == {"train": 1, "val": 0, "test": 0}
-    assert json.loads((tmp_path / "val-deflicker.json").read_text())["num_samples"] == 0
-    with pytest.raises(ShardError, match="no samples"):
-        ClipDataset(tmp_path / "val-deflicker.json")

@@ -21,7 +21,8 @@ from stcvq.curate.orientation import OrientationConfig, is_side_face, run_orient
 from stcvq.curate.text import TextConfig, run_text
 
 __all__ = [
-    "COLUMNS", "SCHEMA", "STAGES", "CropConfig", "CurationConfig", "curate", "IngestConfig", "MotionConfig", "OrientationConfig", "TextConfig",
+    "COLUMNS", "SCHEMA", "STAGES", "CropConfig", "CurationConfig", "curate", "IngestConfig", "MotionConfig",
+    "OrientationConfig", "TextConfig",
     "crop_box_from_track", "face_proportion", "face_track", "is_side_face", "motion_intensity",
     "read_manifest", "run_crop", "run_ingest", "run_motion", "run_orientation", "run_text", "side_ratio",
     "summary", "write_manifest",

@@ -81,7 +81,9 @@ def detect_in_frame(frame: np.ndarray, config: CropConfig) -> list[faces.FaceBox
     return faces.detect_faces(frame, upsample=config.upsample, detector=config.detector)
 
 
-def face_track(detections: Sequence[tuple[int, list[faces.FaceBox]]], max_track_jump: float) -> list[tuple[int, faces.FaceBox]]:
+def face_track(
+    detections: Sequence[tuple[int, list[faces.FaceBox]]], max_track_jump: float
+) -> list[tuple[int, faces.FaceBox]]:
     """(frame index, box) of the dominant face: largest per frame, outliers removed."""
     largest = [(i, max(boxes, key=lambda b: (b.area, b.score))) for i, boxes in detections if boxes]
     if not largest:
@@ -93,7 +95,9 @@ def face_track(detections: Sequence[tuple[int, list[faces.FaceBox]]], max_track_
     return [item for item, d in zip(largest, distance) if d <= max_track_jump * median_width]
 
 
-def crop_box_from_track(boxes: Sequence[faces.FaceBox], width: int, height: int, enlarge: float) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+def crop_box_from_track(
+    boxes: Sequence[faces.FaceBox], width: int, height: int, enlarge: float
+) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
     """(face_box, crop_box) as (x0, y0, x1, y1): the box covering every track box, and the
     square crop around it (enlarged, shifted into the frame, shrunk to fit if needed)."""
     if not boxes:
@@ -163,7 +167,9 @@ def measure_crop(row: Row, job: CropJob) -> Row:
     })
 
 
-def run_crop(rows: Sequence[Row], config: CropConfig, resolution: int, out_dir: str | Path, workers: int = 1) -> list[Row]:
+def run_crop(
+    rows: Sequence[Row], config: CropConfig, resolution: int, out_dir: str | Path, workers: int = 1
+) -> list[Row]:
     """Measure and crop every kept row; cropped videos go to ``out_dir`` (emptied first)."""
     out_dir = Path(out_dir)
     if out_dir.exists():

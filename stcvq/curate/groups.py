@@ -13,11 +13,9 @@ Near-duplicates then join one group whatever was declared, so a copy or a re-enc
 frames never sits in train and test at once. A video's fingerprint is, per sampled frame, a
 64-bit difference hash: an 8 x 9 gray thumbnail of block means (integer sums, no resampler), one
 bit per horizontally adjacent pair, set when the right block is brighter. The distance of two
-videos is the fraction of differing bits over their same-position frames. Measured with 8 frames
-(``benchmarks/bench_fingerprint.py``), from carphone: re-encodes at CRF 23 / 35 0.000 / 0.035,
-the x4 upscale 0.000, half the frame rate 0.012, its first half 0.123, the burned-in caption
-0.135; bikes, bigbuckbunny and a mirrored carphone 0.49-0.55, and 0.467 between the closest
-two of those unrelated videos.
+videos is the fraction of differing bits over their same-position frames: near zero for a
+re-encode or an upscale, about one half for unrelated videos (``benchmarks/bench_fingerprint.py``
+measures both).
 
 The manifest records the outcome: ``source_group``, and ``group_reason`` (``file``, ``folder``,
 ``mapping``, ``embedded``, or ``near_duplicate: ...`` naming the matching pair and its distance).
@@ -104,7 +102,8 @@ def declared_groups(videos: dict[str, str], groups: str) -> dict[str, tuple[str,
         raise ConfigError(f"{groups}: {len(unknown)} path(s) name no video under ingest.folder: {shown}")
     unmapped = len(videos) - len(mapping)
     if unmapped:
-        log.warning("%s names %d of %d videos; the other %d are their own groups", groups, len(mapping), len(videos), unmapped)
+        log.warning("%s names %d of %d videos; the other %d are their own groups",
+                    groups, len(mapping), len(videos), unmapped)
     return {vid: (mapping[normalise(rel)], "mapping") if normalise(rel) in mapping else (vid, "file")
             for vid, rel in videos.items()}
 
@@ -181,6 +180,7 @@ def merge_near_duplicates(rows: list[dict], max_distance: float | None) -> list[
             distance, a, b = best[declared]
             row = {**row, "source_group": final,
                    "group_reason": f"near_duplicate: joined {final} ({a} ~ {b}, distance {distance:.3f})"}
-            log.info("ingest: %s: group %s joins %s (%s ~ %s, distance %.3f)", row["video_id"], declared, final, a, b, distance)
+            log.info("ingest: %s: group %s joins %s (%s ~ %s, distance %.3f)",
+                     row["video_id"], declared, final, a, b, distance)
         out.append(row)
     return out

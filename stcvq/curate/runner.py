@@ -43,7 +43,8 @@ def limit_threads(threads: int) -> None:
 def _init_worker(threads: int, level: int) -> None:
     """Pool initializer: thread caps, and logging like the parent's (spawned workers start bare)."""
     limit_threads(threads)
-    logging.basicConfig(level=level, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=level, format="%(asctime)s worker %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
 
 
 def worker_threads() -> int:
@@ -76,7 +77,8 @@ def run_stage(stage: str, measure: Measure, rows: Sequence[Row], config: Any, wo
     cpus = os.cpu_count() or 1
     workers = max(1, min(workers, todo)) if todo else 1
     threads = max(1, cpus // workers)
-    log.info("%s: %d of %d videos to measure with %d worker(s) x %d thread(s)", stage, todo, len(rows), workers, threads)
+    log.info("%s: %d of %d videos to measure with %d worker(s) x %d thread(s)",
+             stage, todo, len(rows), workers, threads)
     bar = tqdm(total=len(rows), desc=stage, unit="video", disable=None)
     try:
         if workers == 1:
@@ -95,7 +97,9 @@ def run_stage(stage: str, measure: Measure, rows: Sequence[Row], config: Any, wo
     return out
 
 
-def _run_pool(stage: str, work: Callable[[Row], Row], rows: Sequence[Row], workers: int, threads: int, bar: tqdm) -> list[Row]:
+def _run_pool(
+    stage: str, work: Callable[[Row], Row], rows: Sequence[Row], workers: int, threads: int, bar: tqdm
+) -> list[Row]:
     """Rows through a spawn pool, results placed by input index (order never depends on timing).
 
     A worker that dies (a crash inside a native decoder, the OOM killer) breaks the whole pool;
@@ -106,7 +110,9 @@ def _run_pool(stage: str, work: Callable[[Row], Row], rows: Sequence[Row], worke
     results: list[Row | None] = [None] * len(rows)
 
     def pool(n: int) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(threads, logging.getLogger().getEffectiveLevel()))
+        level = logging.getLogger().getEffectiveLevel()
+        return concurrent.futures.ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                                                      initargs=(threads, level))
 
     try:
         with pool(workers) as executor:

@@ -16,7 +16,7 @@ lower third is usually outside the face crop, and a video with burned-in text is
 even if the crop misses it in some frames (it may move, and the synthesis stage may use a
 looser crop). Spread over the clip, not the first frame only: captions and logos come and go,
 but stay on screen for seconds, so a handful of evenly spread frames finds them at a fraction
-of the cost of every frame (PP-OCR detection: ~0.13 s per 176x144 frame, ~0.5 s at 1280x720).
+of the cost of every frame (``benchmarks/bench_curation.py`` measures the stage's frames/s).
 
 A box counts when its score is >= ``score_threshold`` and it covers at most
 ``max_box_fraction`` of the frame (PP-OCR once returned a whole-frame box at score 0.62 on
