@@ -111,7 +111,8 @@ def test_train_stage2_on_an_imported_reference_stage1(tmp_path):
     stcvq's own transformers and residual along time; the imported parts stay frozen."""
     from stcvq.nn.vqgan import Stage1Model
     from stcvq.stage2 import Stage2TrainConfig, train_stage2
-    from stcvq.train import TensorClips, TrainConfig
+    from stcvq.data import TensorClips
+    from stcvq.train import TrainConfig
 
     stage1_config = small_reference_config().stage1
     with torch.device("meta"):

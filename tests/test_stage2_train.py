@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.stage2 import Stage2Config, Stage2Model, Stage2TrainConfig, train_stage2
-from stcvq.train import TensorClips, TrainConfig
+from stcvq.data import TensorClips
+from stcvq.train import TrainConfig
 
 
 def _stage1() -> Stage1Model:

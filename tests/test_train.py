@@ -15,7 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stcvq.train import StepOutput, TensorClips, TrainConfig, load_state, lr_factor, save_state, train
+from stcvq.data import TensorClips
+from stcvq.train import StepOutput, TrainConfig, load_state, lr_factor, save_state, train
 
 WORKER = Path(__file__).resolve().parent / "stage1_train_worker.py"
 ROOT = WORKER.parent.parent

@@ -22,7 +22,8 @@ def test_stage1_psnr_rises_on_carphone(tmp_path):
 
     from stcvq.nn.vqgan import Stage1Config
     from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
-    from stcvq.train import TensorClips, TrainConfig
+    from stcvq.data import TensorClips
+    from stcvq.train import TrainConfig
 
     clips = carphone_clips()
     train, val = clips[:-10], clips[-6:]
