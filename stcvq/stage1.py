@@ -24,8 +24,17 @@ from .nn.losses import build_perceptual_loss
 from .nn.quantize import codebook_stats
 from .nn.runtime import autocast, unwrap
 from .nn.vqgan import Stage1Config, Stage1Model
-from .train import (ClipSource, StepOutput, TrainConfig, TrainingHooks, TrainResult, average_gradients,
-                    code_fingerprint, reset_stale_run, train)
+from .train import (
+    ClipSource,
+    StepOutput,
+    TrainConfig,
+    TrainingHooks,
+    TrainResult,
+    average_gradients,
+    code_fingerprint,
+    reset_stale_run,
+    train,
+)
 
 log = logging.getLogger(__name__)
 

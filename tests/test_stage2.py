@@ -11,10 +11,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stcvq.config import ConfigError
+from stcvq.data import TensorClips
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.stage2 import (Stage2Config, Stage2Model, Stage2Objective, Stage2TrainConfig, bench_config,
                           default_config)
-from stcvq.data import TensorClips
 from stcvq.train import TrainConfig, train
 
 
