@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from stcvq.config import from_dict  # noqa: E402
 from stcvq.data import ShardClips, shard_batches  # noqa: E402
 from stcvq.nn import quantize  # noqa: E402
-from stcvq.stage1 import Stage1Objective, Stage1TrainConfig, train_stage1  # noqa: E402
+from stcvq.stage1 import Stage1TrainConfig, evaluate_stage1, train_stage1  # noqa: E402
 
 
 def identity_quantize(self, z: torch.Tensor) -> quantize.QuantizeResult:
@@ -62,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stcvq-capacity-") as run_dir:
         result = train_stage1(cfg, ShardClips(shards / f"train-{task}.json", seed=cfg.train.seed), run_dir, val_batches=val)
     model = result.ema_model if result.ema_model is not None else result.model
-    final = Stage1Objective.evaluate(Stage1Objective.__new__(Stage1Objective), model.eval(), val())
+    final = evaluate_stage1(model.eval(), val())
     print(json.dumps({"name": args.name, "overrides": args.overrides, "no_quantize": args.no_quantize,
                       "seconds": round(time.time() - started, 1), "parameters": sum(p.numel() for p in model.parameters()),
                       "val_psnr_history": [(h["step"], round(h["val_psnr"], 2)) for h in result.history if "val_psnr" in h],

@@ -22,7 +22,8 @@ class ShardClips:
     """A deterministic ClipSource over shard indexes (or tars). ``lq`` picks the LQ member
     ("lq", or "lq_noisefree" for the first step of incremental BFVR training)."""
 
-    def __init__(self, sources: str | Path | Sequence[str | Path], *, lq: str = "lq", seed: int = 0, num_workers: int = 0):
+    def __init__(self, sources: str | Path | Sequence[str | Path], *, lq: str = "lq", seed: int = 0,
+                 num_workers: int = 0):
         self.sources, self.lq, self.seed, self.num_workers = sources, lq, seed, num_workers
         self.num_samples = len(ClipDataset(sources, lq=lq, shuffle=False, rank=0, world_size=1).refs)
 
@@ -43,7 +44,8 @@ class TensorClips:
     permutation, cut into global batches of ``batch_size * world_size``; process ``rank`` takes
     its slice of each. So one process with batch B and two with B/2 see the same global batches."""
 
-    def __init__(self, clips: torch.Tensor, seed: int = 0, key: str = "hq", extra: dict[str, torch.Tensor] | None = None):
+    def __init__(self, clips: torch.Tensor, seed: int = 0, key: str = "hq",
+                 extra: dict[str, torch.Tensor] | None = None):
         self.clips, self.seed, self.key, self.extra = clips, seed, key, extra or {}
 
     def __len__(self) -> int:
@@ -65,7 +67,8 @@ def has_member(sources: str | Path | Sequence[str | Path], name: str) -> bool:
     return bool(refs) and all(any(ext.split(".")[0] == name for ext in r.members) for r in refs)
 
 
-def shard_batches(sources: str | Path | Sequence[str | Path], *, batch_size: int = 4, lq: str = "lq") -> Callable[[], Iterable[dict[str, Any]]]:
+def shard_batches(sources: str | Path | Sequence[str | Path], *, batch_size: int = 4,
+                  lq: str = "lq") -> Callable[[], Iterable[dict[str, Any]]]:
     """``val_batches`` for :func:`stcvq.train.train`: every clip once, in index order, each call."""
 
     def batches() -> Iterable[dict[str, Any]]:

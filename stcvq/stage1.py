@@ -255,4 +255,5 @@ def train_stage1(
     return result
 
 
-__all__ = ["AdversarialLoss", "Stage1LossConfig", "Stage1Objective", "Stage1TrainConfig", "evaluate_stage1", "train_stage1"]
+__all__ = ["AdversarialLoss", "Stage1LossConfig", "Stage1Objective", "Stage1TrainConfig", "evaluate_stage1",
+           "train_stage1"]

@@ -392,7 +392,8 @@ class BatchStream:
                 continue
             self.consumed += 1
             return _to_device(batch, self.device)
-        raise RuntimeError(f"the data source yields no batch of {self.batch_size} clips for rank {self.rank} of {self.world_size}")
+        raise RuntimeError(f"the data source yields no batch of {self.batch_size} clips "
+                           f"for rank {self.rank} of {self.world_size}")
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -446,8 +447,8 @@ class Checkpoints:
             save_file(_tensors(state.model), str(tmp / "model.safetensors"))
             if state.ema is not None:
                 save_file(_tensors(state.ema.model), str(tmp / "ema.safetensors"))
-            save_state(tmp, "optim", {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-                                      "scaler": state.scaler.state_dict()})
+            save_state(tmp, "optim", {"optimizer": state.optimizer.state_dict(),
+                                      "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict()})
             save_state(tmp, "objective", state.objective.state_dict())
             meta = {"step": state.step, **state.batches.state_dict(), "bad_steps": state.bad_steps,
                     "history": state.history, "world_size": _world(), "config": config}
@@ -475,7 +476,8 @@ class Checkpoints:
         _set_rng_state(load_state(folder, f"rng_rank{rank}"))
         state.step, state.bad_steps, state.history = meta["step"], meta["bad_steps"], meta["history"]
         state.batches.load_state_dict(meta)
-        log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", folder, state.step, meta["epoch"], meta["consumed"])
+        log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", folder, state.step, meta["epoch"],
+                 meta["consumed"])
 
 
 # -- logging ----------------------------------------------------------------------------------
@@ -530,7 +532,8 @@ def _initial_state(objective: Objective, hooks: TrainingHooks, data: ClipSource,
                    device: torch.device) -> TrainState:
     world = _world()
     per_step = world * cfg.grad_accum
-    check(cfg.batch_size % per_step == 0, f"batch_size {cfg.batch_size} is not divisible by processes x grad_accum = {per_step}")
+    check(cfg.batch_size % per_step == 0,
+          f"batch_size {cfg.batch_size} is not divisible by processes x grad_accum = {per_step}")
     model = objective.model.to(device)
     optimizer = cfg.make_adamw([p for p in model.parameters() if p.requires_grad], cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
@@ -587,7 +590,8 @@ def _evaluate(objective: Objective, state: TrainState, val_batches: Callable[[],
         with torch.no_grad(), autocast(device, cfg.precision):
             metrics = objective.evaluate(model, val_batches())
             first = next(iter(val_batches()), None)
-            images = objective.samples(model, _to_device(first, device)) if first is not None and cfg.num_samples else {}
+            drawn = first is not None and cfg.num_samples > 0
+            images = objective.samples(model, _to_device(first, device)) if drawn else {}
         model.train(was_training)
         state.history.append({"step": state.step, **metrics})
         logger.metrics(state.step, metrics, "val")
@@ -669,7 +673,8 @@ def train(
         state.step += 1
 
         # timing and logging
-        window.append(_mean_logs(step_logs) | update_logs | {"grad_norm": float(grad_norm), "lr": state.scheduler.get_last_lr()[0]})
+        lr = state.scheduler.get_last_lr()[0]
+        window.append(_mean_logs(step_logs) | update_logs | {"grad_norm": float(grad_norm), "lr": lr})
         if progress is not None:
             progress.update(1)
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
@@ -691,5 +696,5 @@ def train(
 
 
 __all__ = ["BatchStream", "Checkpoints", "ClipSource", "EMA", "Objective", "StepOutput", "TrainConfig", "TrainResult",
-           "TrainState", "TrainingHooks", "average_gradients", "load_state", "lr_factor", "save_state", "seed_everything",
-           "train"]
+           "TrainState", "TrainingHooks", "average_gradients", "load_state", "lr_factor", "save_state",
+           "seed_everything", "train"]

@@ -48,8 +48,9 @@ def tiny_config(steps: int, batch: int, accum: int, **train_overrides) -> Stage1
     # adam_eps 1e-5: conv biases right before a GroupNorm have a zero true gradient; Adam's first
     # steps turn its float noise (~1e-9) into +-lr updates with eps 1e-8, which would swamp the
     # DDP-vs-single comparison with optimiser noise rather than measure the DDP arithmetic.
-    train = TrainConfig(steps=steps, adam_eps=1e-5, batch_size=batch, grad_accum=accum, lr=2e-3, min_lr=1e-4, warmup_steps=2,
-                        ema_decay=0.9, eval_every=1000, ckpt_every=2, log_every=1, num_threads=1, **train_overrides)
+    train = TrainConfig(steps=steps, adam_eps=1e-5, batch_size=batch, grad_accum=accum, lr=2e-3, min_lr=1e-4,
+                        warmup_steps=2, ema_decay=0.9, eval_every=1000, ckpt_every=2, log_every=1, num_threads=1,
+                        **train_overrides)
     return Stage1TrainConfig(model=model, loss=Stage1LossConfig(perceptual_weight=0, discriminator=None), train=train)
 
 

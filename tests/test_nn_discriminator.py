@@ -16,7 +16,8 @@ transformers = pytest.importorskip("transformers")
 
 
 def tiny_backbone(kind: str, folder) -> str:
-    common = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=14)
+    common = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=28,
+                  patch_size=14)
     torch.manual_seed(0)
     if kind == "dinov2":
         model = transformers.Dinov2Model(transformers.Dinov2Config(**common))
