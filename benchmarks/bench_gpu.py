@@ -42,9 +42,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stcvq.bench import bench_enhance  # noqa: E402
+from stcvq.data import TensorClips  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config  # noqa: E402
 from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1  # noqa: E402
-from stcvq.train import TensorClips, TrainConfig  # noqa: E402
+from stcvq.train import TrainConfig  # noqa: E402
 
 
 def stage1_train(precision: str, steps: int, frames: int, size: int) -> dict:

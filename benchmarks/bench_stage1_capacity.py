@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from stcvq.config import from_dict  # noqa: E402
 from stcvq.data import ShardClips, shard_batches  # noqa: E402
 from stcvq.nn import quantize  # noqa: E402
-from stcvq.stage1 import Stage1Objective, Stage1TrainConfig, train_stage1  # noqa: E402
+from stcvq.stage1 import Stage1TrainConfig, evaluate_stage1, train_stage1  # noqa: E402
 
 
 def identity_quantize(self, z: torch.Tensor) -> quantize.QuantizeResult:
@@ -63,7 +63,7 @@ def main() -> None:
         train_clips = ShardClips(shards / f"train-{task}.json", seed=cfg.train.seed)
         result = train_stage1(cfg, train_clips, run_dir, val_batches=val)
     model = result.ema_model if result.ema_model is not None else result.model
-    final = Stage1Objective.evaluate(Stage1Objective.__new__(Stage1Objective), model.eval(), val())
+    final = evaluate_stage1(model.eval(), val())
     history = [(h["step"], round(h["val_psnr"], 2)) for h in result.history if "val_psnr" in h]
     print(json.dumps({"name": args.name, "overrides": args.overrides, "no_quantize": args.no_quantize,
                       "seconds": round(time.time() - started, 1),

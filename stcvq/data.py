@@ -1,9 +1,10 @@
-"""Shards as a :class:`stcvq.train.ClipSource`: the bridge between the loader and the training loop.
+"""The training loop's data sources (:class:`stcvq.train.ClipSource`): shards and in-memory clips.
 
 The loop asks for "epoch e, rank r of w, micro-batches of b clips" and keeps count of the
-micro-batches it consumed; :class:`ShardClips` answers with a :class:`stcvq.shards.ClipDataset`
-built for exactly that request (seeded per epoch, disjoint across ranks, last partial batch
-dropped so every rank steps in lockstep), so resuming = asking again and skipping.
+micro-batches it consumed, so resuming is asking again and skipping. :class:`ShardClips`
+answers with a :class:`stcvq.shards.ClipDataset` built for exactly that request (seeded per
+epoch, disjoint across ranks, last partial batch dropped so every rank steps in lockstep);
+:class:`TensorClips` with a seeded permutation of clips held in memory (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import torch
 from torch.utils.data import DataLoader
 
 from .shards import ClipDataset, _identity, load_index
@@ -20,7 +22,8 @@ class ShardClips:
     """A deterministic ClipSource over shard indexes (or tars). ``lq`` picks the LQ member
     ("lq", or "lq_noisefree" for the first step of incremental BFVR training)."""
 
-    def __init__(self, sources: str | Path | Sequence[str | Path], *, lq: str = "lq", seed: int = 0, num_workers: int = 0):
+    def __init__(self, sources: str | Path | Sequence[str | Path], *, lq: str = "lq", seed: int = 0,
+                 num_workers: int = 0):
         self.sources, self.lq, self.seed, self.num_workers = sources, lq, seed, num_workers
         self.num_samples = len(ClipDataset(sources, lq=lq, shuffle=False, rank=0, world_size=1).refs)
 
@@ -36,13 +39,36 @@ class ShardClips:
             yield from DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity)
 
 
+class TensorClips:
+    """In-memory clips (N, C, T, H, W) as a deterministic ClipSource: each epoch a seeded
+    permutation, cut into global batches of ``batch_size * world_size``; process ``rank`` takes
+    its slice of each. So one process with batch B and two with B/2 see the same global batches."""
+
+    def __init__(self, clips: torch.Tensor, seed: int = 0, key: str = "hq",
+                 extra: dict[str, torch.Tensor] | None = None):
+        self.clips, self.seed, self.key, self.extra = clips, seed, key, extra or {}
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def batches(self, epoch: int, rank: int, world_size: int, batch_size: int) -> Iterator[dict[str, Any]]:
+        order = torch.randperm(len(self.clips), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+        chunk = batch_size * world_size
+        for start in range(0, len(order) - chunk + 1, chunk):
+            idx = order[start + rank * batch_size : start + (rank + 1) * batch_size]
+            batch = {self.key: self.clips[idx]}
+            batch.update({k: v[idx] for k, v in self.extra.items()})
+            yield batch
+
+
 def has_member(sources: str | Path | Sequence[str | Path], name: str) -> bool:
     """Whether every sample of the shards carries member ``name`` (e.g. "lq_noisefree")."""
     refs = load_index(sources)
     return bool(refs) and all(any(ext.split(".")[0] == name for ext in r.members) for r in refs)
 
 
-def shard_batches(sources: str | Path | Sequence[str | Path], *, batch_size: int = 4, lq: str = "lq") -> Callable[[], Iterable[dict[str, Any]]]:
+def shard_batches(sources: str | Path | Sequence[str | Path], *, batch_size: int = 4,
+                  lq: str = "lq") -> Callable[[], Iterable[dict[str, Any]]]:
     """``val_batches`` for :func:`stcvq.train.train`: every clip once, in index order, each call."""
 
     def batches() -> Iterable[dict[str, Any]]:
@@ -51,4 +77,4 @@ def shard_batches(sources: str | Path | Sequence[str | Path], *, batch_size: int
     return batches
 
 
-__all__ = ["ShardClips", "has_member", "shard_batches"]
+__all__ = ["ShardClips", "TensorClips", "has_member", "shard_batches"]

@@ -53,7 +53,7 @@ from .nn.export import load_model_weights, read_model_config, save_model_folder
 from .nn.lookup import LookupConfig, LookupTransformer
 from .nn.temporal import reference_stage2_residual, temporal_residual
 from .nn.vqgan import Stage1Config, Stage1Model
-from .stage1 import clip_grid, psnr
+from .monitor import clip_grid, psnr_per_clip as psnr
 from .train import ClipSource, StepOutput, TrainConfig, TrainResult, code_fingerprint, reset_stale_run, train
 
 log = logging.getLogger(__name__)

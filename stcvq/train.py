@@ -1,25 +1,23 @@
 """One training loop for both stages (nanoGPT-style: a config dataclass and one readable loop).
 
-What a stage brings is an :class:`Objective`: the generator module (frozen parts already set
-``requires_grad_(False)``: the optimiser only sees trainable parameters), an optional
-discriminator, the loss of one micro-batch, an evaluation and sample images. The loop brings:
+What a stage brings is an objective: the generator module (frozen parts already set
+``requires_grad_(False)``: the optimiser only sees trainable parameters), the loss of one
+micro-batch, an evaluation and sample images. An objective with more to train than the generator
+(Stage I's discriminator) inherits :class:`TrainingHooks` and keeps that part to itself. The loop
+brings:
 
-- DDP under ``torchrun`` (env ``WORLD_SIZE`` > 1): gloo on CPU, nccl on GPU; the generator is
-  wrapped in DistributedDataParallel, the discriminator heads' gradients are all-reduced by hand;
-- bf16/fp16 autocast on GPU (fp16 with a GradScaler), fp32 on CPU;
+- DDP under ``torchrun`` (env ``WORLD_SIZE`` > 1): gloo on CPU, nccl on GPU;
+- autocast (``precision``: auto is bf16 on GPU and fp32 on CPU), a GradScaler for fp16;
 - gradient accumulation, gradient clipping, a NaN guard that skips the update (and gives up
-  after ``max_bad_steps`` in a row), cosine schedule with linear warmup, EMA of the generator,
-  a discriminator start step and hinge adversarial loss;
-- checkpoints with everything needed to resume bit-exactly on CPU: model, EMA, both
-  optimisers, schedulers, grad scaler, every process's RNG states and the data position.
-  Tensors go to safetensors, the rest to JSON; a checkpoint folder appears under its final
-  name only when complete (written to a temporary folder, then renamed);
+  after ``max_bad_steps`` in a row), cosine schedule with linear warmup, EMA of the generator;
+- checkpoints (:class:`Checkpoints`) with everything needed to resume bit-exactly on CPU;
 - DVCLive logging (when dvclive is installed) of losses, codebook statistics, learning rate,
   evaluations and sample images; python logging always.
 
-Data: a :class:`ClipSource` yields this process's micro-batches for an epoch; the loop keeps
-(epoch, micro-batches consumed) and on resume asks for the same epoch again and skips that many,
-so the source must be deterministic per (epoch, rank, world_size, batch size).
+Data: a :class:`ClipSource` yields this process's micro-batches for an epoch; a
+:class:`BatchStream` keeps (epoch, micro-batches consumed) and on resume asks for the same epoch
+again and skips that many, so the source must be deterministic per (epoch, rank, world_size,
+batch size).
 """
 
 from __future__ import annotations
@@ -46,10 +44,14 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import check, to_dict
+from .config import ConfigError, check, to_dict
 from .io import write_text
+from .nn.runtime import autocast
 
 log = logging.getLogger(__name__)
+
+_ADAMW_IMPLS: dict[str, dict[str, bool]] = {"auto": {}, "for-loop": {"foreach": False, "fused": False},
+                                            "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
 @dataclass
@@ -63,12 +65,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
+    optimizer_impl: Literal["auto", "for-loop", "foreach", "fused"] = "auto"  # auto: torch's pick (for-loop on CPU)
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     ema_decay: float = 0.995  # 0 = no EMA
-    adversarial_weight: float = 0.1
-    disc_start: int = 0  # first step with the adversarial loss
-    disc_lr: float = 7e-5
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # on GPU; CPU always trains in fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    activation_checkpointing: bool = False  # recompute activations in backward (the model must support it)
     log_every: int = 10
     eval_every: int = 100
     ckpt_every: int = 100
@@ -85,18 +86,20 @@ class TrainConfig:
         check(self.log_every >= 1 and self.eval_every >= 1 and self.ckpt_every >= 1, "*_every >= 1")
         check(self.keep_checkpoints >= 1, "keep_checkpoints >= 1")
 
+    def make_adamw(self, params: list[nn.Parameter], lr: float) -> torch.optim.AdamW:
+        """AdamW with this config's betas, eps, weight decay and implementation."""
+        return torch.optim.AdamW(params, lr=lr, betas=self.betas, eps=self.adam_eps, weight_decay=self.weight_decay,
+                                 **_ADAMW_IMPLS[self.optimizer_impl])
+
 
 @dataclass
 class StepOutput:
-    loss: torch.Tensor  # the generator loss of the micro-batch (without the adversarial part)
+    loss: torch.Tensor  # the loss of the micro-batch, what backward runs on
     logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
-    real: torch.Tensor | None = None  # (B, 3, T, H, W) targets, for the discriminator
-    fake: torch.Tensor | None = None  # (B, 3, T, H, W) outputs, attached to the graph
 
 
 class Objective(Protocol):
     model: nn.Module
-    discriminator: nn.Module | None
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput: ...
 
@@ -105,29 +108,33 @@ class Objective(Protocol):
     def samples(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, np.ndarray]: ...
 
 
+class TrainingHooks:
+    """What an objective may add to the loop besides its loss; these defaults do nothing.
+
+    The loop calls ``setup`` once the device is known, ``before_step`` before each optimiser
+    step's micro-batches, ``after_update`` right after the generator's update (and EMA), and keeps
+    ``state_dict`` in every checkpoint. An objective that does not inherit this class gets the
+    defaults."""
+
+    def setup(self, cfg: TrainConfig, device: torch.device) -> None:
+        pass
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def after_update(self, step: int) -> dict[str, torch.Tensor | float]:
+        """Logs of the objective's own update."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
 class ClipSource(Protocol):
     def batches(self, epoch: int, rank: int, world_size: int, batch_size: int) -> Iterator[dict[str, Any]]: ...
-
-
-class TensorClips:
-    """In-memory clips (N, C, T, H, W) as a deterministic ClipSource: each epoch a seeded
-    permutation, cut into global batches of ``batch_size * world_size``; process ``rank`` takes
-    its slice of each. So one process with batch B and two with B/2 see the same global batches."""
-
-    def __init__(self, clips: torch.Tensor, seed: int = 0, key: str = "hq", extra: dict[str, torch.Tensor] | None = None):
-        self.clips, self.seed, self.key, self.extra = clips, seed, key, extra or {}
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def batches(self, epoch: int, rank: int, world_size: int, batch_size: int) -> Iterator[dict[str, Any]]:
-        order = torch.randperm(len(self.clips), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
-        chunk = batch_size * world_size
-        for start in range(0, len(order) - chunk + 1, chunk):
-            idx = order[start + rank * batch_size : start + (rank + 1) * batch_size]
-            batch = {self.key: self.clips[idx]}
-            batch.update({k: v[idx] for k, v in self.extra.items()})
-            yield batch
 
 
 # -- distributed helpers ----------------------------------------------------------------------
@@ -153,20 +160,32 @@ def _destroy_group() -> None:
         dist.destroy_process_group()
 
 
-def _setup_distributed() -> tuple[bool, torch.device]:
-    """Join the torchrun process group if the environment asks for one; pick the device."""
-    created = False
+def _setup_distributed() -> torch.device:
+    """Join the torchrun process group if the environment asks for one; pick the device.
+
+    The group stays up until the process exits (atexit): a second train() call in the same
+    process (Stage II's phases) re-rendezvousing on the same MASTER_PORT right after a destroy
+    can hang in init_process_group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         atexit.register(_destroy_group)
-        created = True
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        return created, torch.device("cuda", local)
-    return created, torch.device("cpu")
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def average_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Mean of each gradient over the processes, for parameters outside the DDP wrapper."""
+    if not _dist_on():
+        return
+    world = _world()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
 
 
 # -- state (de)serialisation: tensors -> safetensors, the rest -> JSON ------------------------
@@ -334,9 +353,131 @@ class EMA:
             b_own.copy_(b_src)
 
 
-def _disc_state(disc: nn.Module) -> dict[str, torch.Tensor]:
-    """The discriminator minus its frozen backbone (which comes from the hub, not from us)."""
-    return {k: v for k, v in disc.state_dict().items() if not k.startswith("backbone.")}
+# -- data position ----------------------------------------------------------------------------
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class BatchStream:
+    """This process's micro-batches from a :class:`ClipSource`, epoch after epoch, with the
+    position a checkpoint keeps: (epoch, micro-batches consumed in it). After
+    :meth:`load_state_dict` the next batch reopens that epoch and skips the consumed ones."""
+
+    def __init__(self, source: ClipSource, batch_size: int, device: torch.device, rank: int = 0, world_size: int = 1):
+        self.source, self.batch_size, self.device = source, batch_size, device
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.consumed = 0, 0
+        self._batches: Iterator[dict[str, Any]] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.consumed, self._batches = state["epoch"], state["consumed"], None
+
+    def _open(self) -> Iterator[dict[str, Any]]:
+        batches = iter(self.source.batches(self.epoch, self.rank, self.world_size, self.batch_size))
+        for _ in range(self.consumed):
+            next(batches)
+        return batches
+
+    def next(self) -> dict[str, Any]:
+        for _ in range(2):  # this epoch's next batch, else the first of the next epoch
+            if self._batches is None:
+                self._batches = self._open()
+            try:
+                batch = next(self._batches)
+            except StopIteration:
+                self.epoch, self.consumed, self._batches = self.epoch + 1, 0, None
+                continue
+            self.consumed += 1
+            return _to_device(batch, self.device)
+        raise RuntimeError(f"the data source yields no batch of {self.batch_size} clips "
+                           f"for rank {self.rank} of {self.world_size}")
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds; resuming from it continues the run bit-exactly on CPU."""
+
+    model: nn.Module
+    ema: EMA | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    objective: TrainingHooks
+    batches: BatchStream
+    step: int = 0
+    bad_steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # every evaluation: {"step": ..., metric: ...}
+
+
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.contiguous() for k, v in module.state_dict().items()}
+
+
+class Checkpoints:
+    """A run's ``checkpoints/`` folder: the one place that writes and reads a checkpoint.
+
+    ``step_XXXXXXXX/`` holds ``model.safetensors``, ``ema.safetensors``, ``optim.*`` (optimiser,
+    scheduler, grad scaler), ``objective.*`` (the objective's own state, e.g. a discriminator),
+    ``rng_rank<r>.*`` (every process's RNG states) and ``state.json`` (step, data position,
+    history, config); ``latest`` names the newest. A checkpoint is written to a temporary folder
+    and renamed, so it appears under its final name only when complete."""
+
+    def __init__(self, root: Path, keep: int):
+        self.root, self.keep = Path(root), keep
+
+    def latest(self) -> Path | None:
+        pointer = self.root / "latest"
+        return self.root / pointer.read_text().strip() if pointer.is_file() else None
+
+    def save(self, state: TrainState, config: dict[str, Any]) -> None:
+        """Every process calls this: each writes its RNG states, rank 0 the rest."""
+        rank, name = _rank(), f"step_{state.step:08d}"
+        final, tmp = self.root / name, self.root / f".tmp_{name}"
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        save_state(tmp, f"rng_rank{rank}", _rng_state())
+        _barrier()
+        if rank == 0:
+            save_file(_tensors(state.model), str(tmp / "model.safetensors"))
+            if state.ema is not None:
+                save_file(_tensors(state.ema.model), str(tmp / "ema.safetensors"))
+            save_state(tmp, "optim", {"optimizer": state.optimizer.state_dict(),
+                                      "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict()})
+            save_state(tmp, "objective", state.objective.state_dict())
+            meta = {"step": state.step, **state.batches.state_dict(), "bad_steps": state.bad_steps,
+                    "history": state.history, "world_size": _world(), "config": config}
+            (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            write_text(self.root / "latest", name)
+            for old in sorted(self.root.glob("step_*"))[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+
+    def load(self, folder: Path, state: TrainState, device: torch.device) -> None:
+        rank = _rank()
+        if not (folder / f"rng_rank{rank}.json").is_file():
+            raise RuntimeError(f"{folder}: no RNG state for rank {rank}; resume with the same number of processes")
+        meta = json.loads((folder / "state.json").read_text())
+        state.model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
+        if state.ema is not None:
+            state.ema.model.load_state_dict(load_file(str(folder / "ema.safetensors"), device=str(device)))
+        optim = load_state(folder, "optim")
+        state.optimizer.load_state_dict(optim["optimizer"])
+        state.scheduler.load_state_dict(optim["scheduler"])
+        state.scaler.load_state_dict(optim["scaler"])
+        state.objective.load_state_dict(load_state(folder, "objective"))
+        _set_rng_state(load_state(folder, f"rng_rank{rank}"))
+        state.step, state.bad_steps, state.history = meta["step"], meta["bad_steps"], meta["history"]
+        state.batches.load_state_dict(meta)
+        log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", folder, state.step, meta["epoch"],
+                 meta["consumed"])
 
 
 # -- logging ----------------------------------------------------------------------------------
@@ -380,24 +521,99 @@ class TrainResult:
     step: int
     history: list[dict[str, float]]  # every evaluation: {"step": ..., metric: ...}
     bad_steps: int
-    discriminator: nn.Module | None = None
-
-
-def _autocast(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    objective: Objective | None = None  # the trained objective (Stage I's holds its discriminator)
 
 
 def _mean_logs(logs: list[dict[str, Any]]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k in logs[0]:
-        out[k] = float(np.mean([float(l[k]) for l in logs]))
-    return out
+    return {k: float(np.mean([float(entry[k]) for entry in logs])) for k in logs[0]}
+
+
+def _initial_state(objective: Objective, hooks: TrainingHooks, data: ClipSource, cfg: TrainConfig,
+                   device: torch.device) -> TrainState:
+    world = _world()
+    per_step = world * cfg.grad_accum
+    check(cfg.batch_size % per_step == 0,
+          f"batch_size {cfg.batch_size} is not divisible by processes x grad_accum = {per_step}")
+    model = objective.model.to(device)
+    optimizer = cfg.make_adamw([p for p in model.parameters() if p.requires_grad], cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if cfg.activation_checkpointing:
+        if not hasattr(model, "set_activation_checkpointing"):
+            raise ConfigError(f"activation_checkpointing: {type(model).__name__} has no set_activation_checkpointing()")
+        model.set_activation_checkpointing(True)
+    hooks.setup(cfg, device)
+    batches = BatchStream(data, cfg.batch_size // per_step, device, _rank(), world)
+    return TrainState(model, ema, optimizer, scheduler, scaler, hooks, batches)
+
+
+def _forward_backward(objective: Objective, model: nn.Module, batch: dict[str, Any], cfg: TrainConfig,
+                      scaler: torch.amp.GradScaler, device: torch.device, sync: bool) -> dict[str, Any]:
+    """One micro-batch's loss and gradients; DDP averages gradients only when ``sync``."""
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    with (model.no_sync() if ddp and not sync else contextlib.nullcontext()):
+        with autocast(device, cfg.precision):
+            out = objective.step(model, batch)
+        logs = {**out.logs, "loss": out.loss.detach()}
+        scaler.scale(out.loss / cfg.grad_accum).backward()
+    return logs
+
+
+def _optimizer_step(state: TrainState, step_logs: list[dict[str, Any]], cfg: TrainConfig,
+                    device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Clip, then update unless any process saw a non-finite loss or gradient; (grad norm, updated)."""
+    params = [p for group in state.optimizer.param_groups for p in group["params"]]
+    state.scaler.unscale_(state.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    losses_finite = all(math.isfinite(float(entry["loss"])) for entry in step_logs)
+    finite = torch.tensor([float(torch.isfinite(grad_norm) and losses_finite)], device=device)
+    if _dist_on():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    updated = finite.item() == 1.0 or state.scaler.is_enabled()  # with fp16 the scaler itself skips non-finite steps
+    if updated:
+        state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    return grad_norm, updated
+
+
+def _evaluate(objective: Objective, state: TrainState, val_batches: Callable[[], Iterable[dict[str, Any]]] | None,
+              cfg: TrainConfig, device: torch.device, logger: _Logger) -> None:
+    """Rank 0 scores the EMA weights (the model's when EMA is off); the other processes wait."""
+    if val_batches is None:
+        return
+    if _rank() == 0:
+        model = state.ema.model if state.ema is not None else state.model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), autocast(device, cfg.precision):
+            metrics = objective.evaluate(model, val_batches())
+            first = next(iter(val_batches()), None)
+            drawn = first is not None and cfg.num_samples > 0
+            images = objective.samples(model, _to_device(first, device)) if drawn else {}
+        model.train(was_training)
+        state.history.append({"step": state.step, **metrics})
+        logger.metrics(state.step, metrics, "val")
+        logger.images(state.step, images)
+        log.info("step %d eval: %s", state.step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    _barrier()
+
+
+def _log_window(logger: _Logger, step: int, window: list[dict[str, float]], seconds: float) -> None:
+    """Means over the steps since the last log line of the values every step logged, and the rate."""
+    means = {k: float(np.mean([w[k] for w in window])) for k in sorted(set.intersection(*(set(w) for w in window)))}
+    means["steps_per_s"] = len(window) / max(1e-9, seconds)
+    logger.metrics(step, means, "train")
+    log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in means.items()))
+
+
+def _progress_bar(cfg: TrainConfig, initial: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=cfg.steps, initial=initial, disable=_rank() != 0, desc="train", mininterval=5)
 
 
 def train(
@@ -418,231 +634,67 @@ def train(
     ``on_step_end(step)`` runs after each completed step (and its checkpoint): tests use it to
     kill the process mid-run."""
     out_dir = Path(out_dir)
-    _, device = _setup_distributed()
-    rank, world = _rank(), _world()
+    device = _setup_distributed()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    per_step = world * cfg.grad_accum
-    check(cfg.batch_size % per_step == 0, f"batch_size {cfg.batch_size} is not divisible by processes x grad_accum = {per_step}")
-    micro = cfg.batch_size // per_step
-    seed_everything(cfg.seed + rank)
+    seed_everything(cfg.seed + _rank())
+    hooks = objective if isinstance(objective, TrainingHooks) else TrainingHooks()
+    state = _initial_state(objective, hooks, data, cfg, device)
+    checkpoints = Checkpoints(out_dir / "checkpoints", cfg.keep_checkpoints)
+    if resume and (folder := checkpoints.latest()) is not None:
+        checkpoints.load(folder, state, device)
+    model = state.model
+    if _world() > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    logger = _Logger(out_dir / "dvclive", resume=state.step > 0)
+    state.model.train()
+    if state.step == 0:
+        _evaluate(objective, state, val_batches, cfg, device, logger)
+    progress = _progress_bar(cfg, state.step)
+    t0, window, bad_in_row = time.time(), [], 0
+    while state.step < cfg.steps:
+        # forward backward: grad_accum micro-batches, DDP syncing on the last
+        state.optimizer.zero_grad(set_to_none=True)
+        hooks.before_step(state.step)
+        step_logs = [_forward_backward(objective, model, state.batches.next(), cfg, state.scaler, device,
+                                       sync=k == cfg.grad_accum - 1) for k in range(cfg.grad_accum)]
 
-    model = objective.model.to(device)
-    disc = objective.discriminator.to(device) if objective.discriminator is not None else None
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    use_adv = disc is not None and cfg.adversarial_weight > 0
-    if disc is not None:
-        disc_params = [p for p in disc.parameters() if p.requires_grad]
-        opt_d = torch.optim.AdamW(disc_params, lr=cfg.disc_lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    step, epoch, consumed, bad_steps, bad_in_row = 0, 0, 0, 0, 0
-    history: list[dict[str, float]] = []
-
-    ckpt_root = out_dir / "checkpoints"
-    latest = ckpt_root / "latest"
-    if resume and latest.is_file():
-        folder = ckpt_root / latest.read_text().strip()
-        state = json.loads((folder / "state.json").read_text())
-        model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
-        if ema is not None:
-            ema.model.load_state_dict(load_file(str(folder / "ema.safetensors"), device=str(device)))
-        optim = load_state(folder, "optim")
-        opt.load_state_dict(optim["generator"])
-        sched.load_state_dict(optim["scheduler"])
-        scaler.load_state_dict(optim["scaler"])
-        if disc is not None:
-            missing, unexpected = disc.load_state_dict(load_file(str(folder / "disc.safetensors"), device=str(device)), strict=False)
-            if unexpected or any(not k.startswith("backbone.") for k in missing):
-                raise RuntimeError(f"{folder}: discriminator state does not match ({missing[:3]}, {unexpected[:3]})")
-            opt_d.load_state_dict(optim["discriminator"])
-        rng_file = folder / f"rng_rank{rank}"
-        if not rng_file.with_suffix(".json").is_file():
-            raise RuntimeError(f"{folder}: no RNG state for rank {rank}; resume with the same number of processes")
-        _set_rng_state(load_state(folder, f"rng_rank{rank}"))
-        step, epoch, consumed = state["step"], state["epoch"], state["consumed"]
-        bad_steps, history = state["bad_steps"], state["history"]
-        log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", folder, step, epoch, consumed)
-
-    ddp_model = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    logger = _Logger(out_dir / "dvclive", resume=step > 0)
-
-    def batches_from(epoch_: int, skip: int) -> Iterator[dict[str, Any]]:
-        it = iter(data.batches(epoch_, rank, world, micro))
-        for _ in range(skip):
-            next(it)
-        return it
-
-    def next_batch() -> dict[str, Any]:
-        nonlocal data_iter, epoch, consumed
-        for _ in range(2):
-            try:
-                batch = next(data_iter)
-                consumed += 1
-                return _to_device(batch, device)
-            except StopIteration:
-                epoch, consumed = epoch + 1, 0
-                data_iter = batches_from(epoch, 0)
-        raise RuntimeError(f"the data source yields no batch of {micro} clips for rank {rank} of {world}")
-
-    def evaluate() -> None:
-        if val_batches is None:
-            return
-        if rank == 0:
-            eval_model = ema.model if ema is not None else model
-            was_training = eval_model.training
-            eval_model.eval()
-            with torch.no_grad(), _autocast(device, cfg.precision):
-                metrics = objective.evaluate(eval_model, val_batches())
-                first = next(iter(val_batches()), None)
-                images = objective.samples(eval_model, _to_device(first, device)) if first is not None and cfg.num_samples else {}
-            eval_model.train(was_training)
-            history.append({"step": step, **metrics})
-            logger.metrics(step, metrics, "val")
-            logger.images(step, images)
-            log.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        _barrier()
-
-    def save_checkpoint() -> None:
-        name = f"step_{step:08d}"
-        final, tmp = ckpt_root / name, ckpt_root / f".tmp_{name}"
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        _barrier()
-        save_state(tmp, f"rng_rank{rank}", _rng_state())
-        _barrier()
-        if rank == 0:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-            if ema is not None:
-                save_file({k: v.contiguous() for k, v in ema.model.state_dict().items()}, str(tmp / "ema.safetensors"))
-            optim: dict[str, Any] = {"generator": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict()}
-            if disc is not None:
-                save_file({k: v.contiguous() for k, v in _disc_state(disc).items()}, str(tmp / "disc.safetensors"))
-                optim["discriminator"] = opt_d.state_dict()
-            save_state(tmp, "optim", optim)
-            state = {"step": step, "epoch": epoch, "consumed": consumed, "bad_steps": bad_steps, "history": history,
-                     "world_size": world, "config": to_dict(cfg)}
-            (tmp / "state.json").write_text(json.dumps(state, indent=1))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            write_text(latest, name)
-            for old in sorted(ckpt_root.glob("step_*"))[: -cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        _barrier()
-
-    data_iter = batches_from(epoch, consumed)
-    model.train()
-    if step == 0:
-        evaluate()
-    t0, window_logs = time.time(), []
-    try:
-        from tqdm import tqdm
-
-        progress = tqdm(total=cfg.steps, initial=step, disable=rank != 0, desc="train", mininterval=5)
-    except ImportError:  # pragma: no cover
-        progress = None
-    while step < cfg.steps:
-        adversarial = use_adv and step >= cfg.disc_start
-        opt.zero_grad(set_to_none=True)
-        step_logs, pairs = [], []
-        if disc is not None:
-            disc.requires_grad_(False)  # heads get no grad from the generator loss
-        for k in range(cfg.grad_accum):
-            batch = next_batch()
-            sync = k == cfg.grad_accum - 1
-            with (contextlib.nullcontext() if sync or world == 1 else ddp_model.no_sync()):
-                with _autocast(device, cfg.precision):
-                    out = objective.step(ddp_model, batch)
-                    loss = out.loss
-                    logs = dict(out.logs)
-                    if adversarial:
-                        g_adv = _hinge_g(disc(out.fake))
-                        loss = loss + cfg.adversarial_weight * g_adv
-                        logs["g_adv"] = g_adv.detach()
-                logs["loss"] = loss.detach()
-                scaler.scale(loss / cfg.grad_accum).backward()
-            step_logs.append(logs)
-            if adversarial:
-                pairs.append((out.real.detach(), out.fake.detach()))
-        if disc is not None:
-            for p in disc_params:
-                p.requires_grad_(True)
-
-        scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        finite = torch.tensor([float(torch.isfinite(grad_norm) and all(math.isfinite(float(l["loss"])) for l in step_logs))], device=device)
-        if _dist_on():
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() == 1.0 or scaler.is_enabled():
-            scaler.step(opt)  # with fp16 the scaler itself skips non-finite steps
-            bad_in_row = 0
-        else:
-            bad_steps, bad_in_row = bad_steps + 1, bad_in_row + 1
-            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", step, bad_in_row)
+        # update: the generator (or a skipped non-finite step), the EMA, the objective's own part
+        grad_norm, updated = _optimizer_step(state, step_logs, cfg, device)
+        bad_in_row = 0 if updated else bad_in_row + 1
+        if not updated:
+            state.bad_steps += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", state.step, bad_in_row)
             if bad_in_row > cfg.max_bad_steps:
-                raise RuntimeError(f"{bad_in_row} non-finite steps in a row at step {step}: giving up")
-        scaler.update()
-        sched.step()
-        if ema is not None:
-            ema.update(model, step)
+                raise RuntimeError(f"{bad_in_row} non-finite steps in a row at step {state.step}: giving up")
+        if state.ema is not None:
+            state.ema.update(state.model, state.step)
+        update_logs = {k: float(v) for k, v in hooks.after_update(state.step).items()}
+        state.step += 1
 
-        if adversarial:  # discriminator step on this step's real and (detached) fake clips
-            opt_d.zero_grad(set_to_none=True)
-            for real, fake in pairs:
-                with _autocast(device, cfg.precision):
-                    d_loss = _hinge_d(disc(real), disc(fake))
-                (d_loss / cfg.grad_accum).backward()
-                step_logs[-1]["d_loss"] = d_loss.detach()
-            if _dist_on():
-                for p in disc_params:
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= world
-            opt_d.step()
-
-        step += 1
-        window_logs.append(_mean_logs(step_logs) | {"grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0]})
+        # timing and logging
+        lr = state.scheduler.get_last_lr()[0]
+        window.append(_mean_logs(step_logs) | update_logs | {"grad_norm": float(grad_norm), "lr": lr})
         if progress is not None:
             progress.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            keys = set.intersection(*(set(w) for w in window_logs))
-            means = {k: float(np.mean([w[k] for w in window_logs])) for k in sorted(keys)}
-            means["steps_per_s"] = len(window_logs) / max(1e-9, time.time() - t0)
-            logger.metrics(step, means, "train")
-            log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in means.items()))
-            t0, window_logs = time.time(), []
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            evaluate()
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            save_checkpoint()
+        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            _log_window(logger, state.step, window, time.time() - t0)
+            t0, window = time.time(), []
+
+        # evaluate and checkpoint
+        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+            _evaluate(objective, state, val_batches, cfg, device, logger)
+        if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
+            checkpoints.save(state, to_dict(cfg))
         if on_step_end is not None:
-            on_step_end(step)
+            on_step_end(state.step)
     if progress is not None:
         progress.close()
     logger.close()
-    # The group stays up until the process exits (atexit, see _setup_distributed): a second
-    # train() call in the same process (Stage II's incremental phases) re-rendezvousing on the
-    # same MASTER_PORT right after a destroy could hang in init_process_group.
-    return TrainResult(model, ema.model if ema is not None else None, step, history, bad_steps, disc)
+    return TrainResult(state.model, state.ema.model if state.ema is not None else None, state.step, state.history,
+                       state.bad_steps, objective)
 
 
-def _hinge_g(logits: list[torch.Tensor]) -> torch.Tensor:
-    from .nn.discriminator import hinge_g_loss
-
-    return hinge_g_loss(logits)
-
-
-def _hinge_d(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
-    from .nn.discriminator import hinge_d_loss
-
-    return hinge_d_loss(real, fake)
-
-
-__all__ = ["ClipSource", "EMA", "Objective", "StepOutput", "TensorClips", "TrainConfig", "TrainResult", "lr_factor",
-           "load_state", "save_state", "seed_everything", "train"]
+__all__ = ["BatchStream", "Checkpoints", "ClipSource", "EMA", "Objective", "StepOutput", "TrainConfig", "TrainResult",
+           "TrainState", "TrainingHooks", "average_gradients", "load_state", "lr_factor", "save_state",
+           "seed_everything", "train"]

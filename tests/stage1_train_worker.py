@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from stcvq.data import TensorClips  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config  # noqa: E402
 from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1  # noqa: E402
-from stcvq.train import TensorClips, TrainConfig  # noqa: E402
+from stcvq.train import TrainConfig  # noqa: E402
 
 
 def synthetic_clips(n: int, t: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -47,8 +48,9 @@ def tiny_config(steps: int, batch: int, accum: int, **train_overrides) -> Stage1
     # adam_eps 1e-5: conv biases right before a GroupNorm have a zero true gradient; Adam's first
     # steps turn its float noise (~1e-9) into +-lr updates with eps 1e-8, which would swamp the
     # DDP-vs-single comparison with optimiser noise rather than measure the DDP arithmetic.
-    train = TrainConfig(steps=steps, adam_eps=1e-5, batch_size=batch, grad_accum=accum, lr=2e-3, min_lr=1e-4, warmup_steps=2,
-                        ema_decay=0.9, eval_every=1000, ckpt_every=2, log_every=1, num_threads=1, **train_overrides)
+    train = TrainConfig(steps=steps, adam_eps=1e-5, batch_size=batch, grad_accum=accum, lr=2e-3, min_lr=1e-4,
+                        warmup_steps=2, ema_decay=0.9, eval_every=1000, ckpt_every=2, log_every=1, num_threads=1,
+                        **train_overrides)
     return Stage1TrainConfig(model=model, loss=Stage1LossConfig(perceptual_weight=0, discriminator=None), train=train)
 
 

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from stcvq.data import TensorClips  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config, Stage1Model  # noqa: E402
 from stcvq.stage2 import Stage2Config, Stage2TrainConfig, train_stage2  # noqa: E402
-from stcvq.train import TensorClips, TrainConfig  # noqa: E402
+from stcvq.train import TrainConfig  # noqa: E402
 
 
 def clips(n: int, seed: int) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _dvc_stages import stage_args
 
 from stcvq.config import ConfigError, from_dict
 from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig
@@ -30,7 +31,7 @@ def test_a_bad_stage1_param_is_one_line_and_exit_status_2(tmp_path, line, bad, n
     assert sum(1 for row in params.splitlines() if row.split("#")[0].rstrip() == line) == 1
     (tmp_path / "params.yaml").write_text(params.replace(line + " ", bad + " ", 1))
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.stage1"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [sys.executable, *stage_args("stage1")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"},
     )
     assert proc.returncode == 2

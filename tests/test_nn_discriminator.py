@@ -16,7 +16,8 @@ transformers = pytest.importorskip("transformers")
 
 
 def tiny_backbone(kind: str, folder) -> str:
-    common = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=14)
+    common = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=28,
+                  patch_size=14)
     torch.manual_seed(0)
     if kind == "dinov2":
         model = transformers.Dinov2Model(transformers.Dinov2Config(**common))
@@ -65,24 +66,28 @@ def test_missing_backbone_turns_adversarial_loss_off(tmp_path, caplog):
 
 
 def test_training_step_with_discriminator_keeps_backbone_and_moves_heads(tmp_path):
+    from stcvq.data import TensorClips
     from stcvq.nn.vqgan import Stage1Config
     from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
-    from stcvq.train import TensorClips, TrainConfig
+    from stcvq.train import TrainConfig, load_state
 
     cfg = Stage1TrainConfig(
         model=Stage1Config.tiny(nf=4, ch_mult=(1, 2), temporal_downsample=(True,), latent_dim=8,
                                 num_codes_spatial=16, num_codes_temporal=16),
-        loss=Stage1LossConfig(perceptual_weight=0, discriminator=tiny_backbone("dinov2", tmp_path), disc_heads=2),
-        train=TrainConfig(steps=2, batch_size=2, lr=1e-3, min_lr=1e-4, ema_decay=0, ckpt_every=100, adversarial_weight=0.5),
+        loss=Stage1LossConfig(perceptual_weight=0, discriminator=tiny_backbone("dinov2", tmp_path), disc_heads=2,
+                              adversarial_weight=0.5),
+        train=TrainConfig(steps=2, batch_size=2, lr=1e-3, min_lr=1e-4, ema_decay=0, ckpt_every=100),
     )
     fresh = build_discriminator(cfg.loss.discriminator, num_heads=2)
     result_dir = tmp_path / "run"
-    disc = train_stage1(cfg, TensorClips(torch.rand(4, 3, 2, 16, 16)), result_dir).discriminator
+    disc = train_stage1(cfg, TensorClips(torch.rand(4, 3, 2, 16, 16)), result_dir).objective.discriminator
     fresh_state = fresh.backbone.state_dict()
     assert all(torch.equal(v, fresh_state[k]) for k, v in disc.backbone.state_dict().items())
     assert any(not torch.equal(v, fresh.heads.state_dict()[k]) for k, v in disc.heads.state_dict().items())
     ckpt = next((result_dir / "checkpoints").glob("step_*"))
-    assert (ckpt / "disc.safetensors").is_file()
+    saved = load_state(ckpt, "objective")["discriminator"]  # the heads, not the hub's frozen backbone
+    assert saved.keys() == {k for k in disc.state_dict() if k.startswith("heads.")}
+    assert all(torch.equal(v, disc.state_dict()[k]) for k, v in saved.items())
 
 
 def test_vgg19_layout_loads_torchvision_names(tmp_path, caplog):

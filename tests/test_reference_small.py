@@ -109,9 +109,10 @@ def test_enhance_carphone_non_square(imported, carphone_path, tmp_path, mode):
 def test_train_stage2_on_an_imported_reference_stage1(tmp_path):
     """A reference-format Stage I file becomes a Stage I folder that Stage II trains on with
     stcvq's own transformers and residual along time; the imported parts stay frozen."""
+    from stcvq.data import TensorClips
     from stcvq.nn.vqgan import Stage1Model
     from stcvq.stage2 import Stage2TrainConfig, train_stage2
-    from stcvq.train import TensorClips, TrainConfig
+    from stcvq.train import TrainConfig
 
     stage1_config = small_reference_config().stage1
     with torch.device("meta"):

@@ -11,10 +11,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stcvq.config import ConfigError
+from stcvq.data import TensorClips
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.stage2 import (Stage2Config, Stage2Model, Stage2Objective, Stage2TrainConfig, bench_config,
                           default_config)
-from stcvq.train import TensorClips, TrainConfig, train
+from stcvq.train import TrainConfig, train
 
 
 def _stage1(seed: int = 0) -> Stage1Model:

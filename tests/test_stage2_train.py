@@ -8,9 +8,10 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from stcvq.data import TensorClips
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.stage2 import Stage2Config, Stage2Model, Stage2TrainConfig, train_stage2
-from stcvq.train import TensorClips, TrainConfig
+from stcvq.train import TrainConfig
 
 
 def _stage1() -> Stage1Model:

@@ -7,7 +7,7 @@ class is picked from the folder's config.json ``model_type``.
 
 Frozen means ``requires_grad=False`` on the backbone's weights, never ``torch.no_grad``: the
 generator's adversarial gradient has to flow *through* the backbone to the fake frames (the
-reference code ran it under no_grad, so the generator got nothing; DESIGN.md section 3.1).
+reference code ran it under no_grad, so the generator got nothing; docs/design.md, section 3.1).
 Heads sit on several depths (multi-scale features) and give per-token logits; the loss is hinge.
 """
 
@@ -95,7 +95,8 @@ class FeatureDiscriminator(nn.Module):
         b, c, t, h, w = video.shape
         frames = video.transpose(1, 2).reshape(b * t, c, h, w)
         if (h, w) != (self.image_size, self.image_size):
-            frames = F.interpolate(frames, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            size = (self.image_size, self.image_size)
+            frames = F.interpolate(frames, size=size, mode="bilinear", align_corners=False)
         frames = (frames - self.mean.to(frames.dtype)) / self.std.to(frames.dtype)
         out = self.backbone(pixel_values=frames, output_hidden_states=True)
         hidden = out.hidden_states  # embeddings, then one per layer
