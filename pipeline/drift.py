@@ -82,14 +82,17 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def compare(old: dict[str, Any], new: dict[str, Any], table: Sequence[tuple[str, float | str]] = TOLERANCES) -> list[dict]:
+def compare(
+    old: dict[str, Any], new: dict[str, Any], table: Sequence[tuple[str, float | str]] = TOLERANCES
+) -> list[dict]:
     """One row per metric: name, old, new, drift, tolerance, status (ok/DRIFT/missing/new/ignored).
 
     ``old`` and ``new`` map a metrics file (relative to metrics/) to its parsed JSON.
     """
     gone = sorted(f for f in old if f not in new)
     # a file that is gone entirely is one row, not one per metric it held
-    rows = [{"metric": f"{f}:*", "committed": "(file)", "now": _ABSENT, "drift": None, "tolerance": tolerance_for(f"{f}:*", table),
+    rows = [{"metric": f"{f}:*", "committed": "(file)", "now": _ABSENT, "drift": None,
+             "tolerance": tolerance_for(f"{f}:*", table),
              "status": "ignored" if tolerance_for(f"{f}:*", table) == "ignore" else "missing"} for f in gone]
     flat_old = {f"{f}:{k}": v for f, data in old.items() if f in new for k, v in flatten(data)}
     flat_new = {f"{f}:{k}": v for f, data in new.items() for k, v in flatten(data)}
@@ -154,9 +157,11 @@ def report(rows: list[dict], show_all: bool = False) -> str:
     lines = [f"{'metric':<58} {'committed':>12} {'now':>12} {'drift':>10} {'tolerance':>9}  status"]
     for r in shown:
         drift = "" if r["drift"] is None else f"{r['drift']:+.4g}"
-        lines.append(f"{r['metric']:<58} {_fmt(r['committed']):>12} {_fmt(r['now']):>12} {drift:>10} {str(r['tolerance']):>9}  {r['status']}")
+        lines.append(f"{r['metric']:<58} {_fmt(r['committed']):>12} {_fmt(r['now']):>12} {drift:>10} "
+                     f"{str(r['tolerance']):>9}  {r['status']}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    lines.append(f"{len(rows)} metrics: {summary}" + ("" if show_all else " (exact matches and ignored ones not listed; --all lists them)"))
+    lines.append(f"{len(rows)} metrics: {summary}"
+                 + ("" if show_all else " (exact matches and ignored ones not listed; --all lists them)"))
     return "\n".join(lines)
 
 
@@ -181,7 +186,8 @@ def _is_float(text: str) -> bool:
 
 def main(argv: Sequence[str] | None = None, root: Path = ROOT) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.drift", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--against", default="HEAD", metavar="REV", help="git revision holding the reference metrics (default HEAD)")
+    parser.add_argument("--against", default="HEAD", metavar="REV",
+                        help="git revision holding the reference metrics (default HEAD)")
     parser.add_argument("--run", action="store_true", help="run `dvc repro` first")
     parser.add_argument("--tol", action="append", type=_parse_tol, default=[], metavar="PATTERN=VALUE",
                         help="extra tolerance, before the built-in ones (e.g. '*val_psnr*=1.0', 'stage1.json:*=5%%')")

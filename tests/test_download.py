@@ -7,7 +7,6 @@ import fcntl
 import http.server
 import re
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,7 +107,9 @@ def test_server_that_ignores_range_restarts_from_zero(server, tmp_path):
 def test_dropped_connection_leaves_a_part_and_a_rerun_completes(server, tmp_path):
     dest = tmp_path / "ckpt.pth"
     server.drop_after = 100_000
-    with pytest.raises(DownloadError, match=r"127\.0\.0\.1.*/ckpt\.pth.*got 100000 of 300000 bytes.*run again to resume"):
+    with pytest.raises(
+        DownloadError, match=r"127\.0\.0\.1.*/ckpt\.pth.*got 100000 of 300000 bytes.*run again to resume"
+    ):
         download(f"{server.base}/ckpt.pth", dest, progress=False)
     assert not dest.exists()
     assert part_path(dest).read_bytes() == PAYLOAD[:100_000]

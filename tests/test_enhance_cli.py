@@ -93,7 +93,9 @@ def _audio_seconds(path: Path) -> float:
 
 def _assert_kept(src: Path, dst: Path) -> None:
     a, b = video.probe(src, count_frames=True), video.probe(dst, count_frames=True)
-    assert (b.num_frames, b.width, b.height, b.fps_fraction, b.has_audio) == (a.num_frames, a.width, a.height, a.fps_fraction, True)
+    assert (b.num_frames, b.width, b.height, b.fps_fraction, b.has_audio) == (
+        a.num_frames, a.width, a.height, a.fps_fraction, True
+    )
 
 
 @pytest.mark.parametrize("name, scale", [("carphone", 1), ("carphone_x4", 4)])
@@ -136,7 +138,8 @@ def test_default_picks_face_crop_for_a_scene_and_whole_frame_for_a_face_crop(tmp
     caplog.set_level(logging.INFO, logger="stcvq")
     scene = enhance_file(clips["carphone"], tmp_path / "scene.mp4", model, progress=False)
     assert scene.framing == "face"
-    assert scene.framing_reason.startswith("face-crop (auto: a face on ") and "covers 22% of the frame" in scene.framing_reason
+    assert scene.framing_reason.startswith("face-crop (auto: a face on ")
+    assert "covers 22% of the frame" in scene.framing_reason
     crop = enhance_file(clips["face"], tmp_path / "crop.mp4", model, progress=False)
     assert crop.framing == "whole" and "already a face crop" in crop.framing_reason
     logged = [r.getMessage() for r in caplog.records if r.name == "stcvq.enhance"]
@@ -178,7 +181,8 @@ def test_evenly_spaced_frames_keep_their_true_rate(tmp_path, carphone_path, mode
 
 
 def test_frame_times_regular_rate():
-    assert video.FrameTimes(tuple(range(0, 10 * 1001, 1001)), Fraction(1, 30000)).regular_rate() == Fraction(30000, 1001)
+    steady = video.FrameTimes(tuple(range(0, 10 * 1001, 1001)), Fraction(1, 30000))
+    assert steady.regular_rate() == Fraction(30000, 1001)
     millis = video.FrameTimes(tuple(int(i * 1001 / 30) for i in range(30)), Fraction(1, 1000))  # steps of 33 and 34
     assert millis.regular_rate(Fraction(30000, 1001)) == Fraction(30000, 1001)  # the declared rate fits
     assert millis.regular_rate(Fraction(25)) == Fraction(29000, 967)  # it does not: as measured
@@ -193,8 +197,10 @@ def test_folder_with_one_bad_file_writes_the_good_ones_and_says_so(tmp_path, cli
         (folder / f"{name}.mp4").symlink_to(clips[name])
     (folder / "broken.mp4").write_bytes(b"not a video" * 100)
     proc = subprocess.run(
-        [sys.executable, "-m", "stcvq.cli", "enhance", str(folder), "-o", str(out), "--task", "bfvr", "--model", str(model_dir)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "stcvq.cli", "enhance", str(folder), "-o", str(out),
+         "--task", "bfvr", "--model", str(model_dir)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -265,7 +271,9 @@ def test_existing_file_as_folder_output_is_one_error_before_any_work(tmp_path, c
     status = main(["enhance", str(folder), "-o", str(target), "--task", "bfvr", "--model", str(tmp_path / "no-model")])
     assert status == 2
     err = capsys.readouterr().err
-    assert err == f"stcvq enhance: error: -o {target}: exists and is not a folder (a folder input needs an output folder)\n"
+    assert err == (
+        f"stcvq enhance: error: -o {target}: exists and is not a folder (a folder input needs an output folder)\n"
+    )
     assert target.read_bytes() == b"keep me"
 
 
@@ -277,7 +285,8 @@ def test_a_broken_model_folder_is_one_line(tmp_path, clips, model_dir):
     config["size"] = 65  # not a multiple of Stage I's spatial factor
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit) as exit_:
-        main(["enhance", str(clips["carphone"]), "-o", str(tmp_path / "out.mp4"), "--task", "bfvr", "--model", str(broken)])
+        main(["enhance", str(clips["carphone"]), "-o", str(tmp_path / "out.mp4"),
+              "--task", "bfvr", "--model", str(broken)])
     message = str(exit_.value.code)
     assert message.startswith(f"{broken}: not a usable Stage II model: ") and "size 65" in message
     assert "\n" not in message and not (tmp_path / "out.mp4").exists()

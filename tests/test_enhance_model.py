@@ -56,7 +56,8 @@ def test_chunked_stage1_equals_unchunked(layout):
         # 1 byte: one frame per chunk everywhere; 3 frames of the 8-channel full-size map
         for budget, frames in ((1, 1), (3 * 8 * 16 * 20 * 4, 3)):
             _set_chunk_bytes(model, budget)
-            assert chunked.frames_per_chunk(model.encoder.levels[0].blocks[0], torch.zeros(1, 8, 8, 16, 20), budget) == frames
+            block = model.encoder.levels[0].blocks[0]
+            assert chunked.frames_per_chunk(block, torch.zeros(1, 8, 8, 16, 20), budget) == frames
             torch.testing.assert_close(model.encode(clip), latent, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(model.decode(z_q), decoded, rtol=1e-5, atol=1e-5)
 

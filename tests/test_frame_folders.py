@@ -12,7 +12,9 @@ import pytest
 from stcvq import video
 
 
-def dump_frames(src: Path, folder: Path, *, stop: int | None = None, suffix: str = ".png", fps: str | None = None) -> Path:
+def dump_frames(
+    src: Path, folder: Path, *, stop: int | None = None, suffix: str = ".png", fps: str | None = None
+) -> Path:
     """Frames of ``src`` as ``frame0.png, frame1.png, ...`` (unpadded: only a natural sort orders them)."""
     folder.mkdir(parents=True)
     for i, frame in enumerate(video.read_frames(src, stop=stop)):
@@ -71,7 +73,9 @@ def test_bad_frame_folders_give_one_line_naming_the_folder(tmp_path, carphone_pa
     (with_video / "clip.mp4").write_bytes(carphone_path.read_bytes())
     (with_video / "sub").mkdir()
     assert not video.is_frame_folder(with_video)  # a folder of files: ingest lists each of them
-    assert _one_line_error(with_video) == f"{with_video}: unreadable: holds more than frames and .txt/.json sidecars: clip.mp4, sub"
+    assert _one_line_error(with_video) == (
+        f"{with_video}: unreadable: holds more than frames and .txt/.json sidecars: clip.mp4, sub"
+    )
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -79,7 +83,9 @@ def test_bad_frame_folders_give_one_line_naming_the_folder(tmp_path, carphone_pa
     assert _one_line_error(empty) == f"{empty}: unreadable: no PNG/JPG frames in the folder"
 
     no_rate = dump_frames(carphone_path, tmp_path / "no_rate", stop=2)
-    assert _one_line_error(no_rate).startswith(f"{no_rate}: unreadable: no frame rate; write it to {no_rate / 'fps.txt'}")
+    assert _one_line_error(no_rate).startswith(
+        f"{no_rate}: unreadable: no frame rate; write it to {no_rate / 'fps.txt'}"
+    )
     (no_rate / video.FPS_SIDECAR).write_text("fast\n")
     assert _one_line_error(no_rate).startswith(f"{no_rate / 'fps.txt'}: not a frame rate: 'fast'")
 
@@ -100,6 +106,7 @@ def test_enhance_cli_takes_a_frame_folder_as_one_video(tmp_path, carphone_path):
     Stage2Model(Stage2Config.tiny()).save_pretrained(model_dir)
     folder = dump_frames(carphone_path, tmp_path / "frames", stop=10, fps="30000/1001")
     out = tmp_path / "out.mp4"
-    assert main(["enhance", str(folder), "-o", str(out), "--task", "bfvr", "--model", str(model_dir), "--device", "cpu"]) == 0
+    assert main(["enhance", str(folder), "-o", str(out),
+                 "--task", "bfvr", "--model", str(model_dir), "--device", "cpu"]) == 0
     info = video.probe(out, count_frames=True)
     assert (info.num_frames, info.width, info.height, info.fps_fraction) == (10, 176, 144, "30000/1001")

@@ -33,7 +33,11 @@ def test_result_refuses_nan_inf_and_reasonless_none():
 
 
 def test_to_json_has_values_and_null_reasons():
-    out = to_json({"psnr": MetricResult(30.0), "lpips": MetricResult.missing("no weights"), "flow": MetricResult(1.0, details={"flow_backend": "dis"})})
+    out = to_json({
+        "psnr": MetricResult(30.0),
+        "lpips": MetricResult.missing("no weights"),
+        "flow": MetricResult(1.0, details={"flow_backend": "dis"}),
+    })
     text = json.dumps(out, allow_nan=False)
     back = json.loads(text)
     assert back["values"] == {"psnr": 30.0, "lpips": None, "flow": 1.0}

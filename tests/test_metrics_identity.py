@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest
@@ -115,9 +114,11 @@ def _tiny_arcface_onnx(weight: np.ndarray) -> bytes:
         _field(1, "pooled") + _field(2, "flat") + _field(4, "Flatten"),
         _field(1, "flat") + _field(1, "W") + _field(2, "embedding") + _field(4, "MatMul"),
     ]
-    init = b"".join(_field(1, d) for d in weight.shape) + _field(2, 1) + _field(8, "W") + _field(9, weight.astype("<f4").tobytes())
+    init = (b"".join(_field(1, d) for d in weight.shape) + _field(2, 1) + _field(8, "W")
+            + _field(9, weight.astype("<f4").tobytes()))
     graph = b"".join(_field(1, n) for n in nodes) + _field(2, "tiny_arcface") + _field(5, init)
-    graph += _field(11, _value_info("data", [1, 3, 112, 112])) + _field(12, _value_info("embedding", [1, weight.shape[1]]))
+    graph += _field(11, _value_info("data", [1, 3, 112, 112]))
+    graph += _field(12, _value_info("embedding", [1, weight.shape[1]]))
     opset = _field(1, "") + _field(2, 13)
     return _field(1, 8) + _field(7, graph) + _field(8, opset)
 

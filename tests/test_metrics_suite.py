@@ -24,28 +24,37 @@ def test_video_metrics_without_optional_weights(carphone):
     assert "not provided" in notes["lpips"] and "DIS" in notes["flow"] and "dlib" in notes["face_descriptor"]
     degraded = np.stack([cv2.GaussianBlur(f, (0, 0), 1.5) for f in carphone])
     results = video_metrics(degraded, carphone, models)
-    assert set(results) == {"psnr", "ssim", "lpips", "flow_score", "warping_error", "flicker_index", "akd", "ids", "face_cons"}
+    assert set(results) == {
+        "psnr", "ssim", "lpips", "flow_score", "warping_error", "flicker_index", "akd", "ids", "face_cons",
+    }
     assert results["lpips"].value is None and "LPIPS" in results["lpips"].reason
     assert all(r.value is not None for name, r in results.items() if name != "lpips")
     assert results["warping_error"].details["flow_from"] == "flow_source"
     json.dumps(to_json(results), allow_nan=False)
-    assert set(video_metrics(degraded, carphone, models, faces=False)) == {"psnr", "ssim", "lpips", "flow_score", "warping_error", "flicker_index"}
+    assert set(video_metrics(degraded, carphone, models, faces=False)) == {
+        "psnr", "ssim", "lpips", "flow_score", "warping_error", "flicker_index",
+    }
 
 
 def test_aggregate_means_present_values_and_counts_missing():
     per_video = [
-        {"psnr": MetricResult(30.0), "ids": MetricResult(0.9, details={"descriptor": "dlib"}), "lpips": MetricResult.missing("no weights")},
-        {"psnr": MetricResult(20.0), "ids": MetricResult.missing("no face"), "lpips": MetricResult.missing("no weights")},
+        {"psnr": MetricResult(30.0), "ids": MetricResult(0.9, details={"descriptor": "dlib"}),
+         "lpips": MetricResult.missing("no weights")},
+        {"psnr": MetricResult(20.0), "ids": MetricResult.missing("no face"),
+         "lpips": MetricResult.missing("no weights")},
     ]
     summary = aggregate(per_video)
     assert summary["psnr"].value == 25.0 and summary["psnr"].details == {"videos": 2, "videos_missing": 0}
-    assert summary["ids"].value == 0.9 and summary["ids"].details == {"videos": 1, "videos_missing": 1, "backend": "dlib"}
+    assert summary["ids"].value == 0.9
+    assert summary["ids"].details == {"videos": 1, "videos_missing": 1, "backend": "dlib"}
     assert summary["lpips"].value is None and "no weights" in summary["lpips"].reason
     assert aggregate([]) == {}
 
 
 class _TinyI3D(torch.nn.Module):
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> torch.Tensor:
         return torch.stack([x.mean(dim=(1, 2, 3, 4)), x.std(dim=(1, 2, 3, 4)), x[:, 0].mean(dim=(1, 2, 3))], dim=1)
 
 

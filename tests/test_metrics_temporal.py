@@ -9,7 +9,17 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from stcvq.metrics import DISFlow, I3DFeatures, RAFTFlow, flicker_index, flow_backend, flow_score, frechet_distance, fvd, warping_error
+from stcvq.metrics import (
+    DISFlow,
+    I3DFeatures,
+    RAFTFlow,
+    flicker_index,
+    flow_backend,
+    flow_score,
+    frechet_distance,
+    fvd,
+    warping_error,
+)
 from stcvq.metrics.temporal import consistency_mask, feature_statistics, load_i3d_or_reason, mean_luma, warp
 
 
@@ -180,7 +190,8 @@ def test_frechet_distance_matches_scipy_sqrtm():
 
 def test_frechet_distance_of_known_gaussians():
     # 1-D: (m1 - m2)^2 + (s1 - s2)^2
-    assert frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]])) == pytest.approx(4.0 + 1.0)
+    distance = frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([3.0]), np.array([[9.0]]))
+    assert distance == pytest.approx(4.0 + 1.0)
     mu, sigma = np.zeros(5), np.eye(5) * 2
     assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-12)
 
@@ -202,7 +213,9 @@ class _TinyI3D(torch.nn.Module):
         torch.manual_seed(0)
         self.conv = torch.nn.Conv3d(3, 8, kernel_size=3, stride=(1, 4, 4))
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> torch.Tensor:
         assert x.shape[1] == 3 and x.shape[-1] == 224 and x.shape[-2] == 224
         return torch.relu(self.conv(x)).mean(dim=(2, 3, 4))
 
@@ -247,17 +260,20 @@ def test_fvd_with_a_plain_torch_inception_i3d_state_dict(tmp_path):
 
     torch.manual_seed(0)
     model = InceptionI3d()
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}  # as in torch<0.4 files
+    # as in torch<0.4 files
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     save_file(state, str(tmp_path / "rgb_imagenet.safetensors"))
     extractor, reason = load_i3d_or_reason(tmp_path / "rgb_imagenet.safetensors")
     assert reason is None and extractor.format == "inception_i3d_state_dict"
-    assert torch.equal(extractor.model.state_dict()["Mixed_5c.b3b.conv3d.weight"], model.state_dict()["Mixed_5c.b3b.conv3d.weight"])
+    key = "Mixed_5c.b3b.conv3d.weight"
+    assert torch.equal(extractor.model.state_dict()[key], model.state_dict()[key])
     extractor = I3DFeatures(tmp_path / "rgb_imagenet.safetensors", size=64)  # same loading, 12x cheaper than 224
     videos = [_translating(1, 0, frames=8, size=32, seed=s) for s in range(2)]
     features = extractor(videos[0])
     assert features.shape == (400,)
     with torch.inference_mode():
-        np.testing.assert_allclose(features, model(extractor.preprocess(videos[0]))[0].double().numpy(), rtol=1e-5, atol=1e-8)
+        expected = model(extractor.preprocess(videos[0]))[0].double().numpy()
+        np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-8)
     flickered = [np.stack([cv2.convertScaleAbs(f, alpha=1.4) for f in v]) for v in videos]
     result = fvd(videos, flickered, extractor)
     assert result.value > 0 and result.details["feature_dim"] == 400
@@ -310,7 +326,9 @@ def test_convex_upsampling_of_a_constant_flow():
     fine = upsample_flow(flow, torch.zeros(1, 576, 4, 5))
     assert fine.shape == (1, 2, 32, 40)
     # interior pixels average 9 equal neighbours; border ones see zero padding
-    np.testing.assert_allclose(fine[0, :, 8:-8, 8:-8].numpy(), (8 * flow[0, :, :1, :1]).expand(2, 16, 24).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        fine[0, :, 8:-8, 8:-8].numpy(), (8 * flow[0, :, :1, :1]).expand(2, 16, 24).numpy(), atol=1e-5
+    )
 
 
 def test_raft_state_dict_loads_through_the_flow_backend(tmp_path):

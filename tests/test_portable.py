@@ -3,10 +3,7 @@ through swscale's exact path even when its SIMD code is switched off."""
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,8 +89,8 @@ print(h.hexdigest())
 
 
 def _decode_md5(path: Path, cpu_flags: int) -> str:
-    proc = subprocess.run([sys.executable, "-c", _DECODE_MD5, str(path), str(cpu_flags)], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-c", _DECODE_MD5, str(path), str(cpu_flags)],
+                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
     return proc.stdout.strip()
 
 

@@ -43,7 +43,9 @@ def read_model_config(directory: str | Path, model_type: str) -> tuple[dict[str,
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (a {model_type} model folder holds config.json and model.safetensors)")
+            raise FileNotFoundError(
+                f"{path}: missing (a {model_type} model folder holds config.json and model.safetensors)"
+            )
     raw = json.loads(config_path.read_text())
     if raw.pop("model_type", None) != model_type:
         raise ValueError(f"{config_path}: not a {model_type} config")
