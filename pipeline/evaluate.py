@@ -24,8 +24,9 @@ from stcvq.evaluate import (EvaluateConfig, PairedTestSet, evaluate_task, frame_
                             restore_clip, to_uint8_video, write_png)
 from stcvq.io import write_json
 from stcvq.metrics import load_models
+from stcvq.nn.restorer import Stage2Model
 from stcvq.shards import ClipDataset
-from stcvq.stage2 import TASKS, Stage2Model
+from stcvq.tasks import TASKS
 
 
 def main(task: str) -> None:
