@@ -86,7 +86,10 @@ def test_training_stage_scripts_under_torchrun(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port())]
-    for module in (["-m", "pipeline.stage1"], ["-m", "pipeline.stage2", "bfvr"]):
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    for stage, item in (("stage1", None), ("stage2", "bfvr")):
+        cmd = stages[stage].get("do", stages[stage])["cmd"]  # the stage's own command line, as dvc runs it
+        module = (cmd.replace("${item}", item) if item else cmd).split()[1:]  # without "python"
         proc = subprocess.run([*torchrun, *module], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{module} under torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     stage1 = json.loads((repo / "metrics/stage1.json").read_text())
