@@ -34,8 +34,8 @@ def bench(*args: str) -> dict:
 def bf16_difference() -> dict:
     """bf16 vs float32 output of the embedded-default model on the first frames of a real clip."""
     from stcvq import video
-    from stcvq.curate.ingest import embedded_source_dir
     from stcvq.bench import build_bench_model, dtype_output_difference
+    from stcvq.curate.ingest import embedded_source_dir
     from stcvq.enhance import WholeFrame, _to_tensor
     from stcvq.nn.restorer import Stage2Model
 

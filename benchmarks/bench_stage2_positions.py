@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from stcvq.data import shard_batches
-from stcvq.nn.vqgan import Stage1Model
 from stcvq.nn.restorer import Stage2Model
+from stcvq.nn.vqgan import Stage1Model
 from stcvq.stage2 import Stage2Objective
 
 

@@ -10,8 +10,8 @@ from stcvq import video
 from stcvq.enhance import StreamConfig, WholeFrame, restore_stream
 from stcvq.nn import chunked
 from stcvq.nn.blocks import Downsample3d, ResBlock3d, Upsample3d
-from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.nn.restorer import Stage2Config, Stage2Model
+from stcvq.nn.vqgan import Stage1Config, Stage1Model
 
 
 def _set_chunk_bytes(model: Stage1Model, budget: int | None) -> None:

@@ -22,8 +22,8 @@ from reference_fixtures import rule_tensor
 from stcvq import reference, video
 from stcvq.cli import main
 from stcvq.nn.export import read_provenance
-from stcvq.nn.vqgan import Stage1Config
 from stcvq.nn.restorer import Stage2Arch, Stage2Config, Stage2Model
+from stcvq.nn.vqgan import Stage1Config
 
 
 def small_reference_config(task: str = "bfvr") -> Stage2Config:

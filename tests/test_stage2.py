@@ -11,8 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stcvq.config import ConfigError
-from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.nn.restorer import PROFILES, Stage2Arch, Stage2Config, Stage2Model
+from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.stage2 import Stage2Objective, Stage2Params, Stage2TrainConfig
 from stcvq.train import TensorClips, TrainConfig, train
 
@@ -256,7 +256,7 @@ def _paper_cost(task: str, attention: str, layout: str) -> tuple[int, int]:
 
 
 def test_paper_profile_parameters_and_flops_on_meta():
-    """DESIGN.md: the reference's Stage II uses 51.4 M parameters and 29.4 TFLOP at 24 x 512^2."""
+    """The reference's Stage II uses 51.4 M parameters and 29.4 TFLOP at 24 x 512^2 (docs/design.md)."""
     costs = {(task, layout): _paper_cost(task, "global", layout)
              for task in ("bfvr", "deflicker") for layout in ("frame", "clip")}
     for (task, layout), (params, flops) in costs.items():

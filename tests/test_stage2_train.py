@@ -8,8 +8,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.nn.restorer import Stage2Config, Stage2Model
+from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.stage2 import Stage2TrainConfig, train_stage2
 from stcvq.train import TensorClips, TrainConfig
 
