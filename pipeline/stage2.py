@@ -23,10 +23,11 @@ from stcvq.tasks import TASKS
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
+    # under torchrun no option may abbreviate one of torchrun's (e.g. --run: --run-path)
     parser.add_argument("task", choices=TASKS)
     parser.add_argument("--stage1", type=Path, required=True, help="trained Stage I folder")
     parser.add_argument("--shards", type=Path, required=True, help="the task's shard folder ({train,val}-TASK.json)")
-    parser.add_argument("--run", type=Path, required=True, help="run folder: <phase>/{checkpoints,dvclive}")
+    parser.add_argument("--run-dir", type=Path, required=True, help="run folder: <phase>/{checkpoints,dvclive}")
     parser.add_argument("--model", type=Path, required=True, help="model folder to write")
     parser.add_argument("--plots", type=Path, required=True, help="DVCLive curves, one folder per phase")
     parser.add_argument("--metrics", type=Path, required=True, help="final metrics JSON")
@@ -46,7 +47,7 @@ def main(args: argparse.Namespace) -> None:
     noisefree = has_member(train_index, "lq_noisefree")
     started = time.time()
     model, results = train_stage2(
-        cfg, stage1, lambda lq: ShardClips(train_index, lq=lq, seed=cfg.train.seed), args.run,
+        cfg, stage1, lambda lq: ShardClips(train_index, lq=lq, seed=cfg.train.seed), args.run_dir,
         val_batches=shard_batches(val_index, batch_size=cfg.train.batch_size), has_noisefree=noisefree)
     seconds = time.time() - started
     if not is_main_process():
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> None:
         model.save_pretrained(staging)
     shutil.rmtree(args.plots, ignore_errors=True)
     for name, _, _ in cfg.phases(noisefree):
-        source = args.run / name / "dvclive" / "plots" / "metrics"
+        source = args.run_dir / name / "dvclive" / "plots" / "metrics"
         if source.is_dir():
             shutil.copytree(source, args.plots / name)
 
