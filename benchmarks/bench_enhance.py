@@ -38,13 +38,10 @@ def bf16_difference() -> dict:
     from stcvq.curate.ingest import embedded_source_dir
     from stcvq.enhance import WholeFrame
     from stcvq.frames import frames_to_tensor
-    from stcvq.stage2 import Stage2Model
+    from stcvq.nn.restorer import Stage2Model
 
     trained = Path("models/stage2-bfvr")
-    if trained.is_dir():
-        model = Stage2Model.from_pretrained(trained)
-    else:
-        model = build_bench_model("default", "bfvr", None, None, None)
+    model = Stage2Model.from_pretrained(trained) if trained.is_dir() else build_bench_model("embedded", "bfvr", None, None, None)
     path = embedded_source_dir() / "carphone_pristine.mp4"
     frames = [frame for _, frame in zip(range(model.clip_length), video.read_frames(path))]
     framing = WholeFrame(*frames[0].shape[:2], model.size)
@@ -64,8 +61,8 @@ def main() -> int:
 
     ratios = {}
     if args.default:
-        one = bench("--profile", "default", "--frames", "24", "--device", args.device)
-        ten = bench("--profile", "default", "--frames", "240", "--device", args.device)
+        one = bench("--profile", "embedded", "--frames", "24", "--device", args.device)
+        ten = bench("--profile", "embedded", "--frames", "240", "--device", args.device)
         ratios["default_frames_per_second"] = ten["frames_per_second"]
         ratios["default_rss_10x_over_1x"] = ten["peak_rss_gib"] / one["peak_rss_gib"]
         if args.device == "cpu":

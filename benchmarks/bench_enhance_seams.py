@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stcvq import video  # noqa: E402
 from stcvq.curate.ingest import embedded_source_dir  # noqa: E402
 from stcvq.enhance import StreamConfig, WholeFrame, restore_stream  # noqa: E402
-from stcvq.stage2 import Stage2Model  # noqa: E402
+from stcvq.nn.restorer import Stage2Model  # noqa: E402
 
 
 def seam_steps(model: Stage2Model, still: list[np.ndarray], overlap: int) -> dict[str, float]:

@@ -37,8 +37,8 @@ from stcvq.evaluate import (
 )
 from stcvq.io import write_json
 from stcvq.metrics import load_models
+from stcvq.nn.restorer import Stage2Model
 from stcvq.shards import ClipDataset, index_name
-from stcvq.stage2 import Stage2Model
 from stcvq.tasks import TASKS
 
 

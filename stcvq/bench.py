@@ -10,6 +10,7 @@ takes both rates per CPU-second of this process instead.
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import sys
 import time
@@ -19,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stcvq.enhance import StreamConfig, WholeFrame, restore_stream
+from stcvq.nn.runtime import autocast
 
 _TORCH_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -64,23 +66,26 @@ def count_flops(model: torch.nn.Module, clips: torch.Tensor) -> int:
 
 
 def build_bench_model(profile: str, task: str, size: int | None, attention: str | None, token_layout: str | None):
-    """A randomly initialised Stage II model of ``profile`` at input side ``size``; profile
-    ``reference`` is the published checkpoints' network (trained at 512; random weights run at
-    any multiple of 8)."""
-    from stcvq.stage2 import Stage2Model, bench_config
+    """A randomly initialised Stage II model of ``profile`` (stcvq.nn.restorer.PROFILES) at
+    input side ``size``; ``attention`` and ``token_layout`` override the profile's Stage I
+    attention and the transformers' token layout. Profile ``reference`` is the published
+    checkpoints' network (trained at 512; random weights run at any multiple of 8)."""
+    from stcvq.nn.restorer import PROFILES, Stage2Config, Stage2Model
 
-    if profile == "reference":
-        from stcvq.reference import stage2_config
-
-        config = stage2_config(task, size=size or 512)
-    else:
-        config = bench_config(profile, task, size=size, attention=attention, token_layout=token_layout)
+    overrides: dict = {}
+    if size is not None:
+        overrides["size"] = size
+    if token_layout is not None:
+        overrides["token_layout"] = token_layout
+    if attention is not None and profile in PROFILES:
+        overrides["stage1"] = dataclasses.replace(PROFILES[profile].stage1(), attn_layout=attention)
+    config = Stage2Config.profile(profile, task, **overrides)
     torch.manual_seed(0)
     return Stage2Model(config).eval()
 
 
 def bench_enhance(
-    profile: str = "default",
+    profile: str = "embedded",
     task: str = "bfvr",
     frames: int | None = None,
     size: int | None = None,
@@ -93,7 +98,7 @@ def bench_enhance(
 ) -> dict:
     """Enhance a synthetic ``frames``-long clip through the streaming path; one JSON-ready dict.
     ``model_dir``: the model folder's network and weights instead of a profile's."""
-    from stcvq.stage2 import Stage2Model
+    from stcvq.nn.restorer import Stage2Model
 
     if model_dir is not None:
         model = Stage2Model.from_pretrained(model_dir)
@@ -173,12 +178,10 @@ def dtype_output_difference(model, clips: torch.Tensor, dtype: str = "bf16", dev
     """How far ``model.restore(clips)`` under ``dtype`` autocast lands from float32: output
     difference on the 0..255 scale, PSNR of one against the other, and the share of code
     indices both predict alike (a flipped index changes a whole latent cell's decoded patch)."""
-    from stcvq.enhance import _autocast
-
     model, clips = model.to(device).eval(), clips.to(device)
     outputs, indices = {}, {}
     for name in ("float32", dtype):
-        with torch.inference_mode(), _autocast(torch.device(device), name):
+        with torch.inference_mode(), autocast(device, name):
             indices[name] = model.predict_indices(clips)
             outputs[name] = model.restore(clips).float().clamp(0, 1) * 255
     diff = (outputs[dtype] - outputs["float32"]).abs()

@@ -3,7 +3,7 @@
     stcvq enhance INPUT -o OUTPUT --task bfvr|deflicker|deflicker-pixel [--model DIR] [--face-crop|--whole-frame]
     stcvq import-reference CKPT --task bfvr|deflicker|deflicker-pixel [-o DIR]   (or --download TASK, --stage1)
     stcvq evaluate --model DIR --lq LQ_DIR --gt GT_DIR -o FILE [--frames N] [--size S]
-    stcvq bench enhance --profile paper|default|reference --frames N --size S [--attention ...] [--dtype ...]
+    stcvq bench enhance --profile paper|embedded|tiny|reference --frames N --size S [--attention ...] [--dtype ...]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def resolve_device(name: str) -> str:
 
 def load_model(model_dir: Path, device: str):
     """The trained Stage II model of ``model_dir`` (model.safetensors + config.json)."""
-    from stcvq.stage2 import Stage2Model
+    from stcvq.nn.restorer import Stage2Model
 
     if not (model_dir / "config.json").is_file() or not (model_dir / "model.safetensors").is_file():
         raise SystemExit(
@@ -258,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure cost with random weights")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True)
     be = bench_commands.add_parser("enhance", help="time enhancing a synthetic clip; prints one JSON object")
-    be.add_argument("--profile", choices=("paper", "default", "reference"), default="default",
-                    help="reference: the published checkpoints' network (trained at 512^2)")
+    be.add_argument("--profile", choices=("paper", "embedded", "tiny", "reference"), default="embedded",
+                    help="a Stage II profile (stcvq.nn.restorer.PROFILES); reference: the published checkpoints' "
+                         "network (trained at 512^2)")
     be.add_argument("--model", help="a model folder (e.g. an imported published model) instead of a profile")
     be.add_argument("--task", choices=TASKS, default="bfvr")
     be.add_argument("--frames", type=int, default=None, help="input frames (default: the model's clip length)")

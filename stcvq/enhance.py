@@ -27,7 +27,6 @@ The model is anything with ``clip_length``, ``size`` and ``restore(clips)`` (see
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import logging
 import time
@@ -43,6 +42,7 @@ from tqdm import tqdm
 from stcvq import video
 from stcvq.config import check
 from stcvq.frames import frames_to_tensor
+from stcvq.nn.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +193,6 @@ def window_weights(length: int, overlap: int, first_pending: int, blend_start: b
     return np.where(idx < first_pending, 0.0, up * down).astype(np.float32)
 
 
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
 
 
 @dataclasses.dataclass
@@ -229,7 +225,7 @@ def restore_stream(
 
     def run(windows: list[_Window]) -> None:
         batch = torch.stack([frames_to_tensor(w.frames) for w in windows]).to(device)
-        with torch.inference_mode(), _autocast(device, config.dtype):
+        with torch.inference_mode(), autocast(device, config.dtype):
             out = model.restore(batch).float().clamp(0, 1)  # clamp, never min-max renormalise
         out = out.permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, T, H, W, 3)
         for window, restored in zip(windows, out):

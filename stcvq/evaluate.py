@@ -84,7 +84,7 @@ class EvaluateConfig:
     tasks: dict[str, EvaluateTaskConfig] = dataclasses.field(default_factory=dict)  # absent: models/stage2-<task>
 
     def __post_init__(self) -> None:
-        from stcvq.stage2 import TASKS
+        from stcvq.tasks import TASKS
 
         unknown = sorted(set(self.tasks) - set(TASKS))
         check(not unknown, f"evaluate.tasks: unknown task(s) {unknown}; known: {list(TASKS)}")

@@ -31,7 +31,6 @@ Loading never unpickles code: ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import pickle
 from dataclasses import dataclass
@@ -45,11 +44,10 @@ from .io import atomic_folder
 from .nn.autoencoder import Encoder3d
 from .nn.blocks import Downsample3d, ResBlock3d, SelfAttention3d, Upsample3d
 from .nn.lookup import LookupTransformer
+from .nn.restorer import PROFILES, Stage2Config, Stage2Model
 from .nn.vqgan import Stage1Config, Stage1Model
-from .stage2 import TASKS, Stage2Config, Stage2Model
+from .tasks import check_task
 
-# (heads, layers) of each published Stage II file's two transformers
-TRANSFORMER_DEPTH = {"bfvr": (2, 9), "deflicker": (4, 6), "deflicker-pixel": (4, 6)}
 # Reference keys stored in the published files that their forward pass never reads.
 UNUSED_PREFIXES = ("s_feat_emb.", "t_feat_emb.", "fuse_convs_dict.")
 
@@ -59,24 +57,12 @@ class ReferenceCheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Configurations of the published networks
+# The published networks: the "reference" profile (stcvq.nn.restorer.PROFILES)
 
 
 def stage1_config() -> Stage1Config:
     """The published Stage I (VQAutoEncoder3D): nf 32, [1, 2, 4, 8], 2 blocks, D 256, 1024 + 1024 codes."""
-    return Stage1Config.paper(layout="reference")
-
-
-def stage2_config(task: str, clip_length: int = 24, size: int = 512) -> Stage2Config:
-    """The published Stage II of ``task``: its 64 x 64 position tables fix the input at 512^2."""
-    if task not in TRANSFORMER_DEPTH:
-        raise ValueError(f"task must be one of {list(TRANSFORMER_DEPTH)}, got {task!r}")
-    heads, layers = TRANSFORMER_DEPTH[task]
-    config = Stage2Config.build(stage1_config(), task, clip_length=clip_length, size=size, width=256, ffn=512,
-                                layers=layers, heads=heads, token_layout="frame")
-    return dataclasses.replace(config, motion_residual="reference",
-                               spatial=dataclasses.replace(config.spatial, layout="reference"),
-                               temporal=dataclasses.replace(config.temporal, layout="reference"))
+    return PROFILES["reference"].stage1()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,11 +267,10 @@ def import_checkpoint(path: str | Path, task: str, out_dir: str | Path, config: 
     Stage II model folder that :meth:`Stage2Model.from_pretrained` loads. Checks everything
     before writing; the folder appears whole or not at all. ``config``: a network of the
     reference layout other than the published one (tests use small ones)."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
+    check_task(task)
     path = Path(path)
     state, entry = read_state_dict(path)
-    model = Stage2Model(config or stage2_config(task))
+    model = Stage2Model(config or Stage2Config.profile("reference", task))
     rules = stage2_rules(model)
     dropped = check_layout(path, state, expected_layout(rules))
     _load(model, convert(state, rules))
@@ -316,6 +301,5 @@ def _provenance(path: Path, entry: str, dropped: list[str], network: str) -> dic
             "source_network": network, "dropped_keys": dropped}
 
 
-__all__ = ["ReferenceCheckpointError", "TRANSFORMER_DEPTH", "check_layout", "convert", "expected_layout",
-           "import_checkpoint", "import_stage1_checkpoint", "read_state_dict", "stage1_config", "stage1_rules",
-           "stage2_config", "stage2_rules"]
+__all__ = ["ReferenceCheckpointError", "check_layout", "convert", "expected_layout", "import_checkpoint",
+           "import_stage1_checkpoint", "read_state_dict", "stage1_config", "stage1_rules", "stage2_rules"]

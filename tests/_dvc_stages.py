@@ -46,6 +46,6 @@ def stage_argv(name: str, item: str | None = None, root: Path = ROOT) -> list[st
     return words[3:]
 
 
-def stage_args(name: str, root: Path = ROOT) -> list[str]:
+def stage_args(name: str, root: Path = ROOT, item: str | None = None) -> list[str]:
     """The arguments after ``python`` of the stage's cmd, e.g. ``["-m", "pipeline.stage1", "--train", ...]``."""
-    return stage_command(name, root=root)[1:]
+    return stage_command(name, item, root)[1:]

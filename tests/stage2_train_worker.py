@@ -18,8 +18,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stcvq.data import TensorClips  # noqa: E402
+from stcvq.nn.restorer import Stage2Config  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config, Stage1Model  # noqa: E402
-from stcvq.stage2 import Stage2Config, Stage2TrainConfig, train_stage2  # noqa: E402
+from stcvq.stage2 import Stage2TrainConfig, train_stage2  # noqa: E402
 from stcvq.train import TrainConfig  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     data, val = clips(8, 0), clips(2, 1)
     # adam_eps 1e-5: see stage1_train_worker.py (float noise on zero-gradient biases)
     cfg = Stage2TrainConfig(
-        model=Stage2Config.tiny(),
+        model=Stage2Config.profile("tiny"),
         train=TrainConfig(steps=args.steps, batch_size=4, lr=2e-3, min_lr=1e-4, adam_eps=1e-5, ema_decay=0.9,
                           eval_every=1000, ckpt_every=1000, log_every=1, num_threads=1, num_samples=0),
         noisefree_steps=args.steps)

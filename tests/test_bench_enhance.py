@@ -7,12 +7,12 @@ import math
 import torch
 
 from stcvq.bench import count_flops, dtype_output_difference
-from stcvq.stage2 import Stage2Config, Stage2Model
+from stcvq.nn.restorer import Stage2Config, Stage2Model
 
 
 def _tiny_model() -> Stage2Model:
     torch.manual_seed(0)
-    return Stage2Model(Stage2Config.tiny()).eval()
+    return Stage2Model(Stage2Config.profile("tiny")).eval()
 
 
 def test_dtype_difference_is_zero_against_itself_and_finite_for_bf16():

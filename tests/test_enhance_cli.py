@@ -20,7 +20,7 @@ import torch
 from stcvq import video
 from stcvq.cli import _enhance_jobs, embedded_default_notice, main
 from stcvq.enhance import StreamConfig, enhance_file
-from stcvq.stage2 import Stage2Config, Stage2Model, default_config
+from stcvq.nn.restorer import Stage2Config, Stage2Model
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAMES = 16  # carphone trimmed: 3 windows of the embedded default's 8 frames, overlap 4
@@ -66,7 +66,7 @@ def clips(tmp_path_factory, carphone_path) -> dict[str, Path]:
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("model") / "stage2-bfvr"
-    Stage2Model(default_config("bfvr")).save_pretrained(folder)
+    Stage2Model(Stage2Config.profile("embedded", "bfvr")).save_pretrained(folder)
     return folder
 
 
@@ -234,7 +234,7 @@ def test_folder_outputs_keep_names_where_the_container_holds_h264(tmp_path):
 
 def test_embedded_default_notice_only_for_embedded_scale_models(model, model_dir):
     assert "64x64" in embedded_default_notice(model, model_dir)
-    larger = Stage2Model(Stage2Config.tiny(size=128))
+    larger = Stage2Model(Stage2Config.profile("tiny", size=128))
     assert embedded_default_notice(larger, model_dir) is None
 
 

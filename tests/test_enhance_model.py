@@ -10,8 +10,8 @@ from stcvq import video
 from stcvq.enhance import StreamConfig, WholeFrame, restore_stream
 from stcvq.nn import chunked
 from stcvq.nn.blocks import Downsample3d, ResBlock3d, Upsample3d
+from stcvq.nn.restorer import Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
-from stcvq.stage2 import Stage2Config, Stage2Model, default_config
 
 
 def _set_chunk_bytes(model: Stage1Model, budget: int | None) -> None:
@@ -89,7 +89,7 @@ def test_chunking_only_without_gradients():
 
 def test_chunked_stage2_restore_equals_unchunked():
     torch.manual_seed(0)
-    model = Stage2Model(Stage2Config.tiny()).eval()
+    model = Stage2Model(Stage2Config.profile("tiny")).eval()
     clips = torch.rand(1, 3, 4, 16, 16)
     _set_chunk_bytes(model.vqgan, None)
     whole = model.restore(clips)
@@ -115,7 +115,7 @@ def test_no_seam_on_a_static_video_with_a_real_model(carphone_path):
     """A still video through a random-init Stage II model: the step between adjacent output
     frames at a window seam is no larger than the largest step inside a window."""
     torch.manual_seed(0)
-    model = Stage2Model(default_config("bfvr")).eval()
+    model = Stage2Model(Stage2Config.profile("embedded", "bfvr")).eval()
     _, frames = video.read_sampled(carphone_path, 1, 1)
     num_frames, length, overlap = 32, model.clip_length, 2  # windows at 0, 6, ..., 24: frames outside seams too
     still = [frames[0]] * num_frames

@@ -23,7 +23,7 @@ from stcvq.evaluate import (
 from stcvq.frames import frames_to_tensor
 from stcvq.metrics import load_models
 from stcvq.metrics.fidelity import PSNR_CAP_DB
-from stcvq.stage2 import Stage2Config, Stage2Model
+from stcvq.nn.restorer import Stage2Config, Stage2Model
 from stcvq.video import read_video
 
 
@@ -112,7 +112,7 @@ def test_clean_input_gives_the_ideal_scores(carphone, metric_models):
 
 def test_tiny_stage2_model_and_efficiency(carphone, metric_models):
     torch.manual_seed(0)
-    model = Stage2Model(Stage2Config.tiny()).eval()  # 4 x 16^2 clips
+    model = Stage2Model(Stage2Config.profile("tiny")).eval()  # 4 x 16^2 clips
     samples = _samples(carphone, count=3, frames=4, size=16)
     report = evaluate_task(model, samples, metric_models, task="bfvr", faces=False)
     _check_report(report)
@@ -184,7 +184,7 @@ def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
 
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    Stage2Model(Stage2Config.tiny()).save_pretrained(tmp_path / "models" / "stage2-bfvr")
+    Stage2Model(Stage2Config.profile("tiny")).save_pretrained(tmp_path / "models" / "stage2-bfvr")
     with ShardWriter(tmp_path / "data" / "shards" / "bfvr", "test", "bfvr", ShardConfig(frame_codec="ffv1")) as writer:
         for sample in _samples(carphone, count=2, frames=4, size=16):
             writer.write(sample["meta"]["key"], {"hq.mkv": encode_frames(to_uint8_video(sample["hq"])),
@@ -202,7 +202,7 @@ def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
         stage.main(stage_argv("evaluate", "denoise"))
 
     # a model of another clip size (an imported 512^2 one, here 32^2) scores the 16^2 clips resized
-    Stage2Model(Stage2Config.tiny(size=32)).save_pretrained(tmp_path / "other")
+    Stage2Model(Stage2Config.profile("tiny", size=32)).save_pretrained(tmp_path / "other")
     tasks = {"bfvr": {"model": str(tmp_path / "other")}}
     monkeypatch.setattr(stage, "load_params", lambda *sections: {"evaluate": {"faces": False, "tasks": tasks}})
     stage.main(stage_argv("evaluate", "bfvr"))

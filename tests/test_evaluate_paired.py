@@ -21,7 +21,8 @@ from stcvq import cli
 from stcvq.config import ConfigError, from_dict
 from stcvq.evaluate import EvaluateConfig, PairedRestorer, evaluate_paired, paired_restorer, paired_videos
 from stcvq.metrics import load_models
-from stcvq.stage2 import TASKS, Stage2Config, Stage2Model
+from stcvq.nn.restorer import Stage2Config, Stage2Model
+from stcvq.tasks import TASKS
 from stcvq.video import ffmpeg_exe, read_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def paired(tmp_path_factory, carphone_path) -> Path:
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "stage2-bfvr"
-    Stage2Model(Stage2Config.tiny()).save_pretrained(path)  # 4 x 16^2 clips
+    Stage2Model(Stage2Config.profile("tiny")).save_pretrained(path)  # 4 x 16^2 clips
     return path
 
 

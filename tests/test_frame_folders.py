@@ -99,11 +99,11 @@ def test_enhance_cli_takes_a_frame_folder_as_one_video(tmp_path, carphone_path):
     import torch
 
     from stcvq.cli import main
-    from stcvq.stage2 import Stage2Config, Stage2Model
+    from stcvq.nn.restorer import Stage2Config, Stage2Model
 
     torch.manual_seed(0)
     model_dir = tmp_path / "model"
-    Stage2Model(Stage2Config.tiny()).save_pretrained(model_dir)
+    Stage2Model(Stage2Config.profile("tiny")).save_pretrained(model_dir)
     folder = dump_frames(carphone_path, tmp_path / "frames", stop=10, fps="30000/1001")
     out = tmp_path / "out.mp4"
     assert main(["enhance", str(folder), "-o", str(out),

@@ -90,7 +90,7 @@ def test_training_stage_scripts_under_torchrun(repo):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="1")
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2",
                 "--master_port", str(_free_port())]
-    for module in (stage_args("stage1", repo), ["-m", "pipeline.stage2", "bfvr"]):
+    for module in (stage_args("stage1", repo), stage_args("stage2", repo, item="bfvr")):
         proc = subprocess.run([*torchrun, *module], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{module} under torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     stage1 = json.loads((repo / "metrics/stage1.json").read_text())

@@ -24,8 +24,8 @@ import torch
 from reference_fixtures import FIXTURE_CONFIG, layout, load, probes, rule_state_dict, rule_tensor
 from stcvq import reference
 from stcvq.nn.autoencoder import Decoder3d, Encoder3d
+from stcvq.nn.restorer import Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Model
-from stcvq.stage2 import Stage2Model
 
 TOL = 1e-4
 MARGIN = 1e-3
@@ -40,7 +40,7 @@ def _strided(x: torch.Tensor) -> np.ndarray:
 def test_expected_layout_equals_the_published_files(task):
     """Every key and shape the published file holds is read by stcvq, or is one of the unused ones."""
     with torch.device("meta"):
-        model = Stage2Model(reference.stage2_config(task))
+        model = Stage2Model(Stage2Config.profile("reference", task))
     expected = reference.expected_layout(reference.stage2_rules(model))
     published = layout(task)
     used = {k: s for k, s in published.items() if not k.startswith(reference.UNUSED_PREFIXES)}
@@ -88,7 +88,7 @@ class _Trace:
 @functools.lru_cache(maxsize=None)
 def compute(task: str) -> dict:
     """The reference forward pass of one config on the fixture input, computed by stcvq."""
-    model = Stage2Model(reference.stage2_config(task, clip_length=4)).eval()
+    model = Stage2Model(Stage2Config.profile("reference", task, clip_length=4)).eval()
     rules = reference.stage2_rules(model)
     model.load_state_dict(reference.convert(rule_state_dict(task), rules))
     whole_layers = task == "bfvr"
@@ -199,7 +199,7 @@ def bfvr_file(tmp_path_factory):
 def test_import_round_trip(bfvr_file, tmp_path):
     out = reference.import_checkpoint(bfvr_file, "bfvr", tmp_path / "bfvr")
     loaded = Stage2Model.from_pretrained(out)
-    model = Stage2Model(reference.stage2_config("bfvr"))
+    model = Stage2Model(Stage2Config.profile("reference", "bfvr"))
     model.load_state_dict(reference.convert(rule_state_dict("bfvr"), reference.stage2_rules(model)))
     assert loaded.config == model.config
     for key, value in model.state_dict().items():
@@ -243,7 +243,7 @@ class _Evil:
 
 def test_layout_check_lists_unexpected_and_misshaped_keys():
     with torch.device("meta"):
-        model = Stage2Model(reference.stage2_config("deflicker"))
+        model = Stage2Model(Stage2Config.profile("reference", "deflicker"))
     expected = reference.expected_layout(reference.stage2_rules(model))
     state = {k: torch.empty(s, device="meta") for k, s in expected.items()}
     state["encoder.blocks.99.weight"] = torch.empty(3, device="meta")
@@ -265,7 +265,7 @@ def test_import_stage1_checkpoint(tmp_path):
     out = reference.import_stage1_checkpoint(path, tmp_path / "stage1")
     stage1 = Stage1Model.from_pretrained(out)
     assert stage1.config.layout == "reference"
-    model = Stage2Model(reference.stage2_config("bfvr"))
+    model = Stage2Model(Stage2Config.profile("reference", "bfvr"))
     model.load_state_dict(reference.convert(rule_state_dict("bfvr"), reference.stage2_rules(model)))
     for key, value in stage1.state_dict().items():
         assert torch.equal(value, model.vqgan.state_dict()[key]), key

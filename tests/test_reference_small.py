@@ -10,7 +10,6 @@ windowing, resizing, face crop and audio are the code paths the published models
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 
@@ -23,17 +22,15 @@ from reference_fixtures import rule_tensor
 from stcvq import reference, video
 from stcvq.cli import main
 from stcvq.nn.export import read_provenance
+from stcvq.nn.restorer import Stage2Arch, Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Config
-from stcvq.stage2 import Stage2Config, Stage2Model
 
 
 def small_reference_config(task: str = "bfvr") -> Stage2Config:
     stage1 = Stage1Config(layout="reference", nf=8, ch_mult=(1, 2, 2, 4), num_res_blocks=1, latent_dim=16,
                           num_codes_spatial=32, num_codes_temporal=32, temporal_downsample=(True, False, False))
-    config = Stage2Config.build(stage1, task, clip_length=8, size=64, width=16, ffn=32, layers=1, heads=2)
-    return dataclasses.replace(config, motion_residual="reference",
-                               spatial=dataclasses.replace(config.spatial, layout="reference"),
-                               temporal=dataclasses.replace(config.temporal, layout="reference"))
+    return Stage2Config.profile("reference", task, stage1=stage1, clip_length=8, size=64, width=16, ffn=32, layers=1,
+                                heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +118,7 @@ def test_train_stage2_on_an_imported_reference_stage1(tmp_path):
     torch.save({"params_ema": {k: rule_tensor(k, s) for k, s in reference.expected_layout(rules).items()}}, path)
     stage1 = Stage1Model.from_pretrained(reference.import_stage1_checkpoint(path, tmp_path / "stage1", stage1_config))
 
-    config = Stage2Config.build(stage1_config, "bfvr", clip_length=8, size=64, width=16, ffn=32, layers=1, heads=2)
+    config = Stage2Config.build(stage1_config, "bfvr", 8, 64, Stage2Arch(width=16, ffn=32, layers=1, heads=2))
     assert config.motion_residual == "time" and config.spatial.layout == "stcvq"
     g = torch.Generator().manual_seed(0)
     hq = torch.rand(4, 3, 8, 64, 64, generator=g)

@@ -12,9 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stcvq.config import ConfigError
 from stcvq.data import TensorClips
+from stcvq.nn.restorer import PROFILES, Stage2Arch, Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
-from stcvq.stage2 import (Stage2Config, Stage2Model, Stage2Objective, Stage2TrainConfig, bench_config,
-                          default_config)
+from stcvq.stage2 import Stage2Objective, Stage2Params, Stage2TrainConfig
 from stcvq.train import TrainConfig, train
 
 
@@ -33,7 +33,7 @@ def _frozen_state(model: Stage2Model) -> dict[str, torch.Tensor]:
 
 def test_lq_encoder_starts_as_a_copy_of_the_hq_encoder():
     stage1 = _stage1()
-    model = Stage2Model.from_stage1(stage1, Stage2Config.tiny())
+    model = Stage2Model.from_stage1(stage1, Stage2Config.profile("tiny"))
     hq_state = stage1.encoder.state_dict()
     for k, v in model.lq_encoder.state_dict().items():
         assert torch.equal(v, hq_state[k]), k
@@ -44,11 +44,11 @@ def test_lq_encoder_starts_as_a_copy_of_the_hq_encoder():
 
 def test_from_stage1_refuses_another_stage1_config():
     with pytest.raises(ValueError, match="stage1 section differs"):
-        Stage2Model.from_stage1(Stage1Model(Stage1Config.tiny(latent_dim=8)), Stage2Config.tiny())
+        Stage2Model.from_stage1(Stage1Model(Stage1Config.tiny(latent_dim=8)), Stage2Config.profile("tiny"))
 
 
 def test_only_lq_encoder_and_transformers_are_trainable():
-    model = Stage2Model(Stage2Config.tiny())
+    model = Stage2Model(Stage2Config.profile("tiny"))
     trainable = {n.split(".")[0] if not n.startswith("vqgan.") else ".".join(n.split(".")[:2])
                  for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"vqgan.encoder", "spatial_transformer", "temporal_transformer"}
@@ -56,7 +56,7 @@ def test_only_lq_encoder_and_transformers_are_trainable():
 
 def test_frozen_parts_do_not_change_in_training_but_the_trained_parts_do(tmp_path):
     stage1 = _stage1()
-    model = Stage2Model.from_stage1(stage1, Stage2Config.tiny())
+    model = Stage2Model.from_stage1(stage1, Stage2Config.profile("tiny"))
     frozen = _frozen_state(model)
     encoder = {k: v.clone() for k, v in model.lq_encoder.state_dict().items()}
     head = model.temporal_transformer.head.weight.detach().clone()
@@ -74,7 +74,7 @@ def test_frozen_parts_do_not_change_in_training_but_the_trained_parts_do(tmp_pat
 
 
 def test_temporal_ce_trains_the_encoder_through_the_frozen_ta():
-    model = Stage2Model.from_stage1(_stage1(), Stage2Config.tiny())
+    model = Stage2Model.from_stage1(_stage1(), Stage2Config.profile("tiny"))
     out = model(torch.rand(2, 3, 4, 16, 16))
     out.logits_temporal.logsumexp(1).mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.lq_encoder.parameters())
@@ -82,7 +82,7 @@ def test_temporal_ce_trains_the_encoder_through_the_frozen_ta():
 
 
 def test_temporal_input_takes_the_residual_along_time():
-    model = Stage2Model(Stage2Config.tiny()).eval()
+    model = Stage2Model(Stage2Config.profile("tiny")).eval()
     ta = model.vqgan.temporal.attention
     torch.manual_seed(0)
     # constant over time, varying over h and w: the time residual is zero (any other axis's is not)
@@ -98,7 +98,7 @@ def test_temporal_input_takes_the_residual_along_time():
 
 
 def test_forward_feeds_the_temporal_transformer_the_temporal_input():
-    model = Stage2Model(Stage2Config.tiny()).eval()
+    model = Stage2Model(Stage2Config.profile("tiny")).eval()
     x = torch.rand(1, 3, 4, 16, 16)
     with torch.no_grad():
         out = model(x)
@@ -110,7 +110,7 @@ def test_forward_feeds_the_temporal_transformer_the_temporal_input():
 @pytest.mark.parametrize("frames", [1, 2, 3, 5, 9])
 def test_restore_keeps_shape_and_range_for_any_length_in_frame_layout(frames):
     torch.manual_seed(0)
-    model = Stage2Model(Stage2Config.tiny()).eval()
+    model = Stage2Model(Stage2Config.profile("tiny")).eval()
     clips = torch.rand(2, 3, frames, 16, 16)
     out = model.restore(clips)
     assert out.shape == clips.shape
@@ -122,7 +122,7 @@ def test_restore_keeps_shape_and_range_for_any_length_in_frame_layout(frames):
 
 def test_restore_batch_items_do_not_mix():
     torch.manual_seed(0)
-    model = Stage2Model(Stage2Config.tiny()).eval()
+    model = Stage2Model(Stage2Config.profile("tiny")).eval()
     clips = torch.rand(3, 3, 3, 16, 16)
     together = model.restore(clips)
     alone = torch.cat([model.restore(clips[i : i + 1]) for i in range(3)])
@@ -130,7 +130,7 @@ def test_restore_batch_items_do_not_mix():
 
 
 def test_clip_layout_restores_up_to_its_clip_length():
-    model = Stage2Model(Stage2Config.tiny(token_layout="clip")).eval()
+    model = Stage2Model(Stage2Config.profile("tiny", token_layout="clip")).eval()
     for frames in (1, 3, 4):
         assert model.restore(torch.rand(1, 3, frames, 16, 16)).shape == (1, 3, frames, 16, 16)
     with pytest.raises(ValueError, match="latent frames"):
@@ -139,7 +139,7 @@ def test_clip_layout_restores_up_to_its_clip_length():
 
 def test_other_resolution_is_a_clear_error_unless_interpolating(tmp_path):
     torch.manual_seed(0)
-    model = Stage2Model(Stage2Config.tiny()).eval()
+    model = Stage2Model(Stage2Config.profile("tiny")).eval()
     with pytest.raises(ValueError, match="trained on 16x16 clips, got 24x24"):
         model.restore(torch.rand(1, 3, 4, 24, 24))
     model.save_pretrained(tmp_path)
@@ -151,7 +151,7 @@ def test_other_resolution_is_a_clear_error_unless_interpolating(tmp_path):
 
 def test_save_and_load_round_trip_is_bit_exact_and_self_contained(tmp_path):
     stage1 = _stage1()
-    model = Stage2Model.from_stage1(stage1, Stage2Config.tiny(task="deflicker")).eval()
+    model = Stage2Model.from_stage1(stage1, Stage2Config.profile("tiny", "deflicker")).eval()
     with torch.no_grad():
         for p in model.spatial_transformer.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -170,7 +170,7 @@ def test_save_and_load_round_trip_is_bit_exact_and_self_contained(tmp_path):
 def test_loading_rejects_missing_files_and_mismatched_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         Stage2Model.from_pretrained(tmp_path)
-    Stage2Model(Stage2Config.tiny()).save_pretrained(tmp_path)
+    Stage2Model(Stage2Config.profile("tiny")).save_pretrained(tmp_path)
     raw = json.loads((tmp_path / "config.json").read_text())
     raw["spatial"]["width"] = raw["temporal"]["width"] = 32
     (tmp_path / "config.json").write_text(json.dumps(raw))
@@ -179,21 +179,64 @@ def test_loading_rejects_missing_files_and_mismatched_weights(tmp_path):
 
 
 def test_config_checks_grid_codes_and_task():
-    cfg = Stage2Config.tiny()
+    cfg = Stage2Config.profile("tiny")
     assert cfg.latent_grid == (2, 4, 4) and cfg.spatial.grid == (2, 4, 4)
     with pytest.raises(ConfigError, match="position grid"):
         dataclasses.replace(cfg, size=32)
     with pytest.raises(ConfigError, match="task"):
-        Stage2Config.tiny(task="denoise")
-    assert Stage2Config.paper("bfvr").lambda_ce == 1.0 and Stage2Config.paper("deflicker").lambda_ce == 0.5
-    assert (Stage2Config.paper("bfvr").spatial.layers, Stage2Config.paper("bfvr").spatial.heads) == (9, 2)
-    assert (Stage2Config.paper("deflicker-pixel").temporal.layers, Stage2Config.paper("deflicker-pixel").temporal.heads) == (6, 4)
-    assert Stage2Config.paper().latent_grid == (12, 64, 64)
-    assert default_config("deflicker").latent_grid == (4, 16, 16)
+        Stage2Config.profile("tiny", "denoise")
+    paper = {task: Stage2Config.profile("paper", task) for task in ("bfvr", "deflicker", "deflicker-pixel")}
+    assert paper["bfvr"].lambda_ce == 1.0 and paper["deflicker"].lambda_ce == 0.5
+    assert (paper["bfvr"].spatial.layers, paper["bfvr"].spatial.heads) == (9, 2)
+    assert (paper["deflicker-pixel"].temporal.layers, paper["deflicker-pixel"].temporal.heads) == (6, 4)
+    assert paper["bfvr"].latent_grid == (12, 64, 64)
+    assert Stage2Config.profile("embedded", "deflicker").latent_grid == (4, 16, 16)
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_profile_builds_for_every_task(name):
+    for task in ("bfvr", "deflicker", "deflicker-pixel"):
+        cfg = Stage2Config.profile(name, task)
+        profile = PROFILES[name]
+        assert (cfg.task, cfg.clip_length, cfg.size, cfg.stage1) == (task, profile.clip_length, profile.size, profile.stage1())
+        reference = profile.arch.layout == "reference"
+        assert cfg.motion_residual == ("reference" if reference else "time")
+        assert cfg.spatial.layout == cfg.temporal.layout == profile.arch.layout
+
+
+def test_profile_overrides_and_their_errors():
+    cfg = Stage2Config.profile("tiny", "deflicker", size=32, layers=3, lambda_ce=2.0)
+    assert cfg.size == 32 and cfg.latent_grid == (2, 8, 8) and cfg.spatial.layers == cfg.temporal.layers == 3
+    assert cfg.lambda_ce == 2.0 and cfg.spatial.heads == 2  # the tiny profile's heads, not the paper's 4
+    assert cfg == Stage2Config.build(Stage1Config.tiny(), "deflicker", 4, 32,
+                                     Stage2Arch(width=16, ffn=32, layers=3, heads=2, lambda_ce=2.0))
+    with pytest.raises(ConfigError, match="profile must be one of"):
+        Stage2Config.profile("huge")
+    with pytest.raises(ConfigError, match=r"unknown Stage II profile overrides \['widht'\]"):
+        Stage2Config.profile("tiny", widht=8)
+
+
+def test_stage2_params_merge_task_overrides_and_reject_typos():
+    section = {"model": {"width": 32, "ffn": 64, "layers": 1}, "schedule": "incremental", "noisefree_steps": 5,
+               "train": {"steps": 7, "batch_size": 2},
+               "tasks": {"bfvr": {}, "deflicker": {"model": {"layers": 2}, "train": {"steps": 9}, "noisefree_steps": 0}}}
+    bfvr = Stage2Params.for_task(section, "bfvr")
+    deflicker = Stage2Params.for_task(section, "deflicker")
+    assert (bfvr.model.layers, bfvr.train.steps, bfvr.noisefree_steps) == (1, 7, 5)
+    assert (deflicker.model.layers, deflicker.model.width, deflicker.train.steps, deflicker.train.batch_size) == (2, 32, 9, 2)
+    assert deflicker.noisefree_steps == 0
+    cfg = deflicker.train_config(Stage1Config.tiny(), "deflicker", clip_length=4, size=16)
+    assert cfg.model == Stage2Config.build(Stage1Config.tiny(), "deflicker", 4, 16, deflicker.model)
+    assert (cfg.train, cfg.schedule, cfg.noisefree_steps) == (deflicker.train, "incremental", 0)
+    for bad, match in (({"noisefree_step": 3}, "unknown key"), ({"schedule": "holistc"}, "schedule"),
+                       ({"tasks": {"bvfr": {}}}, "unknown task"), ({"tasks": {"bfvr": {"shedule": "holistic"}}}, "unknown key"),
+                       ({"tasks": {"bfvr": {"model": {"widht": 8}}}}, "unknown key")):
+        with pytest.raises(ConfigError, match=match):
+            Stage2Params.for_task({**section, **bad}, "bfvr")
 
 
 def test_incremental_schedule_phases():
-    cfg = Stage2TrainConfig(model=Stage2Config.tiny(), train=TrainConfig(steps=30), noisefree_steps=20)
+    cfg = Stage2TrainConfig(model=Stage2Config.profile("tiny"), train=TrainConfig(steps=30), noisefree_steps=20)
     assert cfg.phases(has_noisefree=True) == [("noisefree", "lq_noisefree", 20), ("full", "lq", 30)]
     assert cfg.phases(has_noisefree=False) == [("full", "lq", 50)]
     holistic = dataclasses.replace(cfg, schedule="holistic")
@@ -202,7 +245,8 @@ def test_incremental_schedule_phases():
 
 # -- paper profile on the meta device ----------------------------------------------------------
 def _paper_cost(task: str, attention: str, layout: str) -> tuple[int, int]:
-    cfg = bench_config("paper", task, attention=attention, token_layout=layout)
+    stage1 = dataclasses.replace(PROFILES["paper"].stage1(), attn_layout=attention)
+    cfg = Stage2Config.profile("paper", task, stage1=stage1, token_layout=layout)
     with torch.device("meta"):
         model = Stage2Model(cfg).eval()
     params = sum(p.numel() for p in model.parameters())
@@ -213,7 +257,7 @@ def _paper_cost(task: str, attention: str, layout: str) -> tuple[int, int]:
 
 
 def test_paper_profile_parameters_and_flops_on_meta():
-    """DESIGN.md: the reference's Stage II uses 51.4 M parameters and 29.4 TFLOP at 24 x 512^2."""
+    """The reference's Stage II uses 51.4 M parameters and 29.4 TFLOP at 24 x 512^2 (docs/design.md)."""
     costs = {(task, layout): _paper_cost(task, "global", layout)
              for task in ("bfvr", "deflicker") for layout in ("frame", "clip")}
     for (task, layout), (params, flops) in costs.items():

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from stcvq.data import TensorClips
+from stcvq.nn.restorer import Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
-from stcvq.stage2 import Stage2Config, Stage2Model, Stage2TrainConfig, train_stage2
+from stcvq.stage2 import Stage2TrainConfig, train_stage2
 from stcvq.train import TrainConfig
 
 
@@ -37,7 +38,7 @@ def _clips(n: int, seed: int) -> dict[str, torch.Tensor]:
 def _run(tmp_path, steps: int, noisefree_steps: int = 0, **train_kw):
     train_set, val_set = _clips(16, 0), _clips(8, 1)
     cfg = Stage2TrainConfig(
-        model=Stage2Config.tiny(width=32, ffn=64, layers=2),
+        model=Stage2Config.profile("tiny", width=32, ffn=64, layers=2),
         train=TrainConfig(**{"steps": steps, "batch_size": 4, "lr": 3e-3, "min_lr": 3e-4, "ema_decay": 0,
                              "num_samples": 0, "eval_every": 1000, "ckpt_every": 1000, "log_every": 1000,
                              "grad_clip": 1.0, **train_kw}),
@@ -120,7 +121,7 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path):
     torch.manual_seed(0)  # the worker's initialisation
     stage1 = Stage1Model(Stage1Config.tiny())
     torch.manual_seed(0)
-    init = Stage2Model.from_stage1(stage1, Stage2Config.tiny()).state_dict()
+    init = Stage2Model.from_stage1(stage1, Stage2Config.profile("tiny")).state_dict()
     moved = max((a[k] - init[k]).abs().max().item() for k in a)
     assert moved > 1e-3, moved  # and it did train
 

@@ -1,7 +1,7 @@
 """Stage II code lookup transformer: LQ latent features -> logits over a codebook's codes.
 
 One transformer predicts spatial-codebook indices from the LQ spatial latent, a second one
-temporal-codebook indices from the LQ temporal latent (DESIGN.md section 1, Stage II).
+temporal-codebook indices from the LQ temporal latent (docs/design.md, Stage II).
 
 Token layouts (``token_layout``):
 
@@ -33,6 +33,9 @@ from torch import nn
 
 from stcvq.config import check
 
+# (layers, heads) of both lookup transformers in the paper, per task; the published checkpoints have them too.
+PAPER_TRANSFORMER_DEPTH: dict[str, tuple[int, int]] = {"bfvr": (9, 2), "deflicker": (6, 4), "deflicker-pixel": (6, 4)}
+
 
 @dataclasses.dataclass(frozen=True)
 class LookupConfig:
@@ -60,9 +63,9 @@ class LookupConfig:
 
     @classmethod
     def paper(cls, task: str = "bfvr", **overrides) -> "LookupConfig":
-        """Paper sizes: width 256, FFN 512; BFVR 9 layers x 2 heads, de-flicker 6 x 4."""
-        depth = {"layers": 9, "heads": 2} if task == "bfvr" else {"layers": 6, "heads": 4}
-        return cls(**{**depth, **overrides})
+        """Paper sizes: width 256, FFN 512, the task's depth (PAPER_TRANSFORMER_DEPTH)."""
+        layers, heads = PAPER_TRANSFORMER_DEPTH[task]
+        return cls(**{"layers": layers, "heads": heads, **overrides})
 
 
 class TransformerBlock(nn.Module):

@@ -17,6 +17,7 @@ from .blocks import SelfAttention3d
 from .runtime import no_autocast
 
 FusionMode = Literal["add", "conv", "fft3d"]
+MotionResidual = Literal["time", "reference"]
 
 
 def temporal_residual(z: torch.Tensor, window: int = 1) -> torch.Tensor:
@@ -67,8 +68,14 @@ class TemporalLatent(nn.Module):
         self.window = window
         self.attention = TemporalAttention(dim, heads, reference)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.attention(z) + temporal_residual(z, self.window)
+    def forward(self, z: torch.Tensor, window: int | None = None,
+                motion_residual: MotionResidual = "time") -> torch.Tensor:
+        """``window``: the residual's, None for this module's own (Stage II may set another).
+        ``motion_residual="reference"``: the published Stage II's residual instead."""
+        attended = self.attention(z)
+        if motion_residual == "reference":
+            return attended + reference_stage2_residual(z)
+        return attended + temporal_residual(z, window or self.window)
 
 
 class Fusion(nn.Module):
