@@ -41,7 +41,10 @@ def bf16_difference() -> dict:
     from stcvq.nn.restorer import Stage2Model
 
     trained = Path("models/stage2-bfvr")
-    model = Stage2Model.from_pretrained(trained) if trained.is_dir() else build_bench_model("embedded", "bfvr", None, None, None)
+    if trained.is_dir():
+        model = Stage2Model.from_pretrained(trained)
+    else:
+        model = build_bench_model("embedded", "bfvr", None, None, None)
     path = embedded_source_dir() / "carphone_pristine.mp4"
     frames = [frame for _, frame in zip(range(model.clip_length), video.read_frames(path))]
     framing = WholeFrame(*frames[0].shape[:2], model.size)

@@ -69,11 +69,13 @@ def main(args: argparse.Namespace) -> None:
                "phases": [{"name": n, "lq": lq, "steps": s} for n, lq, s in cfg.phases(noisefree)],
                "parameters": sum(p.numel() for p in model.parameters()),
                "trainable_parameters": sum(p.numel() for n, p in model.named_parameters()
-                                           if n.startswith(("vqgan.encoder.", "spatial_transformer.", "temporal_transformer.")))}
+                                           if n.startswith(("vqgan.encoder.", "spatial_transformer.",
+                                                            "temporal_transformer.")))}
     write_json(args.metrics, metrics)
     # timings apart, so the metrics file has the same bytes on every run of the same code and seed
     write_json(args.efficiency, {"train_seconds_this_run": round(seconds, 1), "steps": final["step"]})
-    log.info("wrote %s; val acc spatial %.3f temporal %.3f (majority chance %.3f / %.3f); PSNR input %.2f output %.2f dB",
+    log.info("wrote %s; val acc spatial %.3f temporal %.3f (majority chance %.3f / %.3f); "
+             "PSNR input %.2f output %.2f dB",
              args.model, final.get("val_acc_spatial", float("nan")), final.get("val_acc_temporal", float("nan")),
              final.get("chance_spatial_majority", float("nan")), final.get("chance_temporal_majority", float("nan")),
              final.get("val_psnr_input", float("nan")), final.get("val_psnr_output", float("nan")))

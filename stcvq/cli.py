@@ -114,7 +114,8 @@ def _enhance_jobs(src: Path, dst: Path) -> tuple[list[tuple[Path, Path]], str | 
     if dst.is_dir():
         return [], f"-o {dst}: is a folder; name the output file (e.g. {dst / src.with_suffix('.mp4').name})"
     if dst.suffix.lower() not in OUTPUT_SUFFIXES:
-        return [], f"-o {dst}: cannot write H.264 video as {dst.suffix or 'a file without extension'}; use {', '.join(OUTPUT_SUFFIXES)}"
+        kind = dst.suffix or "a file without extension"
+        return [], f"-o {dst}: cannot write H.264 video as {kind}; use {', '.join(OUTPUT_SUFFIXES)}"
     return [(src, dst)], None
 
 
@@ -182,7 +183,8 @@ def _import_reference(args: argparse.Namespace) -> int:
     else:
         checkpoint, task = Path(args.checkpoint), args.task
         if task is None and not args.stage1:
-            raise SystemExit("import-reference: --task bfvr|deflicker|deflicker-pixel (or --stage1) says what the file is")
+            raise SystemExit("import-reference: --task bfvr|deflicker|deflicker-pixel (or --stage1) "
+                             "says what the file is")
     out = Path(args.output or f"models/published-{'stage1' if args.stage1 else task}")
     try:
         if args.stage1:
@@ -203,8 +205,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model = load_model(Path(args.model), device)
-    metric_models = load_models(lpips_weights=args.lpips_weights, lpips_net=args.lpips_net, raft_weights=args.raft_weights,
-                                arcface_weights=args.arcface_weights, i3d_weights=args.i3d_weights, device=device)
+    metric_models = load_models(lpips_weights=args.lpips_weights, lpips_net=args.lpips_net,
+                                raft_weights=args.raft_weights, arcface_weights=args.arcface_weights,
+                                i3d_weights=args.i3d_weights, device=device)
     try:
         report = evaluate_paired(model, args.lq, args.gt, metric_models, frames=args.frames, size=args.size,
                                  max_clips=args.max_videos, faces=not args.no_faces, device=device)
@@ -227,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     enhance = commands.add_parser("enhance", help="restore or de-flicker a video, or a folder of videos")
-    enhance.add_argument("input", help="a video file, a folder of PNG/JPG frames (rate in its fps.txt), or a folder of videos")
+    enhance.add_argument("input",
+                         help="a video file, a folder of PNG/JPG frames (rate in its fps.txt), or a folder of videos")
     enhance.add_argument("-o", "--output", required=True, help="output file (or folder, for a folder input)")
     enhance.add_argument("--task", choices=TASKS, required=True)
     enhance.add_argument("--model", help="trained Stage II folder (default: models/stage2-TASK)")
@@ -241,11 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.set_defaults(framing="auto")  # face-crop when a face covers under half the frame, else whole-frame
     enhance.add_argument("--overlap", type=_int_range(0), default=4, help="frames blended between windows (default 4)")
     enhance.add_argument("--batch-size", type=_int_range(1), default=1, help="windows per model call")
-    enhance.add_argument("--crf", type=_int_range(0, 51), default=15, help="x264 quality of the output, 0..51 (default 15)")
+    enhance.add_argument("--crf", type=_int_range(0, 51), default=15,
+                         help="x264 quality of the output, 0..51 (default 15)")
     enhance.add_argument("--force", action="store_true", help="overwrite an existing output")
     enhance.set_defaults(run=_enhance)
 
-    imp = commands.add_parser("import-reference", help="import a published BFVR-STC checkpoint as an stcvq model folder")
+    imp = commands.add_parser("import-reference",
+                              help="import a published BFVR-STC checkpoint as an stcvq model folder")
     imp.add_argument("checkpoint", nargs="?", help="a .pth file of the reference implementation")
     imp.add_argument("--task", choices=TASKS, help="which published Stage II model the file is")
     imp.add_argument("--stage1", action="store_true", help="the file is a reference Stage I (VQAutoEncoder3D)")
@@ -277,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lq", required=True, help="folder of degraded videos (or folders of frames)")
     ev.add_argument("--gt", required=True, help="folder of ground-truth videos, matched to --lq by name")
     ev.add_argument("-o", "--output", required=True, help="JSON report, the schema of metrics/<task>.json")
-    ev.add_argument("--frames", type=_int_range(1), help="first frames scored per video (default: the model's clip length)")
+    ev.add_argument("--frames", type=_int_range(1),
+                    help="first frames scored per video (default: the model's clip length)")
     ev.add_argument("--size", type=_int_range(1), help="frames resized to SIZE x SIZE (default: the model's size)")
     ev.add_argument("--max-videos", type=_int_range(1), help="score only the first N pairs (by name)")
     ev.add_argument("--no-faces", action="store_true", help="skip AKD / IDS / Face-Cons (dlib, the slow part on CPU)")

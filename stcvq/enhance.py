@@ -154,7 +154,8 @@ def find_face_square(path: Path, info: video.VideoInfo, enlarge: float) -> FaceS
     return FaceSearch((x0, y0, x1 - x0), len(track), len(indices))
 
 
-def choose_framing(path: Path, info: video.VideoInfo, size: int, config: StreamConfig) -> tuple[WholeFrame | FaceCrop, str]:
+def choose_framing(path: Path, info: video.VideoInfo, size: int,
+                   config: StreamConfig) -> tuple[WholeFrame | FaceCrop, str]:
     """The framing of ``path`` under ``config.framing``, and why, in words for the log."""
     if config.framing == "whole":
         return WholeFrame(info.height, info.width, size), "whole-frame (asked)"
@@ -170,7 +171,8 @@ def choose_framing(path: Path, info: video.VideoInfo, size: int, config: StreamC
         return FaceCrop(search.box, size, config.feather), f"face-crop (asked): {found}, {where}"
     if side * side >= config.face_max_fraction * info.width * info.height:
         return WholeFrame(info.height, info.width, size), (
-            f"whole-frame (auto: {found}, but its {where}, at least {config.face_max_fraction:.0%}: already a face crop)")
+            f"whole-frame (auto: {found}, but its {where}, at least {config.face_max_fraction:.0%}: "
+            "already a face crop)")
     return FaceCrop(search.box, size, config.feather), f"face-crop (auto: {found}, its {where})"
 
 

@@ -139,7 +139,8 @@ def _named(root: nn.Module, module: nn.Module) -> str:
 def stage1_rules(vqgan: Stage1Model, prefix: str = "") -> list[KeyRule]:
     """Rules from a reference VQAutoEncoder3D state dict (encoder, quantize, generator) to ``vqgan``."""
     if vqgan.config.layout != "reference":
-        raise ValueError("only a Stage I model with layout='reference' computes the reference checkpoints' forward pass")
+        raise ValueError("only a Stage I model with layout='reference' computes "
+                         "the reference checkpoints' forward pass")
     rules = []
     for net, theirs in ((vqgan.encoder, "encoder"), (vqgan.decoder, "generator")):
         for i, module in enumerate(_autoencoder_blocks(net)):
@@ -176,7 +177,8 @@ def _transformer_rules(transformer: LookupTransformer, target: str, branch: str)
 
 def stage2_rules(model: Stage2Model) -> list[KeyRule]:
     """Rules from a reference CodeFormer3D state dict to ``model`` (every stcvq parameter)."""
-    return (stage1_rules(model.vqgan, "vqgan.") + _transformer_rules(model.spatial_transformer, "spatial_transformer", "s")
+    return (stage1_rules(model.vqgan, "vqgan.")
+            + _transformer_rules(model.spatial_transformer, "spatial_transformer", "s")
             + _transformer_rules(model.temporal_transformer, "temporal_transformer", "t"))
 
 
@@ -214,7 +216,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines() if "Unsupported" in line]
         why = lines[0].split(". Please")[0] if lines else "objects other than tensors"
-        raise ReferenceCheckpointError(f"{path}: not a tensors-only checkpoint, refusing to unpickle it ({why})") from None
+        raise ReferenceCheckpointError(
+            f"{path}: not a tensors-only checkpoint, refusing to unpickle it ({why})") from None
     except Exception as err:  # a damaged zip or pickle
         raise ReferenceCheckpointError(f"{path}: unreadable PyTorch checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(checkpoint, Mapping):

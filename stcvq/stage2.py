@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import check, from_dict, to_dict
+from .monitor import clip_grid, psnr_per_clip
 from .nn.restorer import Stage2Arch, Stage2Config, Stage2Model
 from .nn.runtime import unwrap
 from .nn.vqgan import Stage1Config, Stage1Model
-from .monitor import clip_grid, psnr_per_clip
 from .tasks import TASKS, check_task
 from .train import ClipSource, StepOutput, TrainConfig, TrainResult, code_fingerprint, reset_stale_run, train
 
@@ -42,7 +42,8 @@ class Stage2TrainConfig:
     noisefree_steps: int = 0
 
     def __post_init__(self) -> None:
-        check(self.schedule in ("incremental", "holistic"), f"schedule must be incremental or holistic, got {self.schedule!r}")
+        check(self.schedule in ("incremental", "holistic"),
+              f"schedule must be incremental or holistic, got {self.schedule!r}")
         check(self.noisefree_steps >= 0, "noisefree_steps must be >= 0")
 
     def phases(self, has_noisefree: bool) -> list[tuple[str, str, int]]:
@@ -79,7 +80,8 @@ class Stage2Params:
 
     def train_config(self, stage1: Stage1Config, task: str, clip_length: int, size: int) -> Stage2TrainConfig:
         model = Stage2Config.build(stage1, task, clip_length, size, self.model)
-        return Stage2TrainConfig(model=model, train=self.train, schedule=self.schedule, noisefree_steps=self.noisefree_steps)
+        return Stage2TrainConfig(model=model, train=self.train, schedule=self.schedule,
+                                 noisefree_steps=self.noisefree_steps)
 
 
 def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -159,7 +161,8 @@ class Stage2Objective:
             out = model.vqgan.decode(model.vqgan.lookup(pred_s, pred_t), tuple(hq.shape[-3:])).clamp(0, 1)
             psnr_out.append(psnr_per_clip(out.float(), hq.float()).cpu())
             psnr_in.append(psnr_per_clip(lq.float(), hq.float()).cpu())
-            psnr_ceiling.append(psnr_per_clip(self.target.decode(q.z_q, tuple(hq.shape[-3:])).float(), hq.float()).cpu())
+            ceiling = self.target.decode(q.z_q, tuple(hq.shape[-3:]))
+            psnr_ceiling.append(psnr_per_clip(ceiling.float(), hq.float()).cpu())
             brightness["input"].append(_brightness_error(lq, hq))
             brightness["output"].append(_brightness_error(out, hq))
             for i, frames in enumerate(_degraded_frames(batch.get("meta"), hq.shape[0])):
@@ -171,12 +174,14 @@ class Stage2Objective:
         if not psnr_out:
             raise ValueError("no validation clips")
         metrics: dict[str, float] = {}
-        for name, n in (("spatial", model.config.stage1.num_codes_spatial), ("temporal", model.config.stage1.num_codes_temporal)):
+        stage1 = model.config.stage1
+        for name, n in (("spatial", stage1.num_codes_spatial), ("temporal", stage1.num_codes_temporal)):
             tgt = torch.cat(targets[name])
             metrics[f"val_acc_{name}"] = hits[name] / tgt.numel()
             metrics[f"chance_{name}_uniform"] = 1.0 / n
             metrics[f"chance_{name}_majority"] = float(torch.bincount(tgt, minlength=n).max()) / tgt.numel()
-        metrics.update(val_psnr_input=float(torch.cat(psnr_in).mean()), val_psnr_output=float(torch.cat(psnr_out).mean()),
+        metrics.update(val_psnr_input=float(torch.cat(psnr_in).mean()),
+                       val_psnr_output=float(torch.cat(psnr_out).mean()),
                        val_psnr_stage1_hq=float(torch.cat(psnr_ceiling).mean()))
         metrics.update(val_brightness_error_input=float(torch.cat(brightness["input"]).mean()),
                        val_brightness_error_output=float(torch.cat(brightness["output"]).mean()))

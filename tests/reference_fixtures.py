@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reference"
-LAYOUT_FILE = {"bfvr": "layout-bfvr.json", "deflicker": "layout-deflicker.json", "deflicker-pixel": "layout-deflicker.json"}
+LAYOUT_FILE = {"bfvr": "layout-bfvr.json", "deflicker": "layout-deflicker.json",
+               "deflicker-pixel": "layout-deflicker.json"}
 FIXTURE_CONFIG = {"bfvr": "bfvr", "deflicker": "deflicker", "deflicker-pixel": "deflicker"}
 
 

@@ -28,7 +28,8 @@ def clips(n: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     hq = F.interpolate(torch.rand(n, 3, 2, 4, 4, generator=g), size=(4, 16, 16), mode="trilinear", align_corners=False)
     noisefree = (hq * (0.6 + 0.8 * torch.rand(n, 1, 4, 1, 1, generator=g))).clamp(0, 1)
-    return {"hq": hq, "lq_noisefree": noisefree, "lq": (noisefree + 0.03 * torch.randn(hq.shape, generator=g)).clamp(0, 1)}
+    lq = (noisefree + 0.03 * torch.randn(hq.shape, generator=g)).clamp(0, 1)
+    return {"hq": hq, "lq_noisefree": noisefree, "lq": lq}
 
 
 def main() -> None:

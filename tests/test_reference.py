@@ -20,8 +20,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from reference_fixtures import FIXTURE_CONFIG, layout, load, probes, rule_state_dict, rule_tensor
+
 from stcvq import reference
 from stcvq.nn.autoencoder import Decoder3d, Encoder3d
 from stcvq.nn.restorer import Stage2Config, Stage2Model
@@ -46,15 +46,17 @@ def test_expected_layout_equals_the_published_files(task):
     used = {k: s for k, s in published.items() if not k.startswith(reference.UNUSED_PREFIXES)}
     assert expected == used
     assert len(published) == {"bfvr": 588, "deflicker": 516, "deflicker-pixel": 516}[task]
-    assert sum(np.prod(s) for s in published.values()) / 1e6 == pytest.approx(71.07 if task == "bfvr" else 67.91, abs=0.01)
-    assert reference.check_layout("f.pth", {k: torch.empty(s, device="meta") for k, s in published.items()}, expected) == sorted(
-        set(published) - set(used))
+    millions = sum(np.prod(s) for s in published.values()) / 1e6
+    assert millions == pytest.approx(71.07 if task == "bfvr" else 67.91, abs=0.01)
+    meta = {k: torch.empty(s, device="meta") for k, s in published.items()}
+    assert reference.check_layout("f.pth", meta, expected) == sorted(set(published) - set(used))
 
 
 def test_weight_rule_matches_the_fixture_probes():
     for name in ("bfvr", "deflicker"):
         for key, first8 in probes(name).items():
-            np.testing.assert_allclose(rule_tensor(key, layout(name)[key]).flatten()[:8].numpy(), first8, rtol=0, atol=0)
+            got = rule_tensor(key, layout(name)[key]).flatten()[:8].numpy()
+            np.testing.assert_allclose(got, first8, rtol=0, atol=0)
 
 
 class _Trace:
@@ -206,7 +208,8 @@ def test_import_round_trip(bfvr_file, tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
     latent = torch.randn(1, 256, 1, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.spatial_transformer(latent), model.spatial_transformer(latent), rtol=0, atol=0)
+        torch.testing.assert_close(loaded.spatial_transformer(latent), model.spatial_transformer(latent),
+                                   rtol=0, atol=0)
     provenance = json.loads((out / "config.json").read_text())["provenance"]
     assert provenance["source_file"] == "ckpt-bfvr.pth"
     assert provenance["source_sha256"] == reference.sha256_file(bfvr_file)
@@ -218,7 +221,8 @@ def test_import_errors_name_the_file_and_write_nothing(tmp_path):
     missing = tmp_path / "missing.pth"  # only the first conv, under BasicSR's other entry name
     torch.save({"params": rule_state_dict("deflicker", keep=lambda k: k.startswith("encoder.blocks.0."))}, missing)
     with pytest.raises(reference.ReferenceCheckpointError,
-                       match=rf"{missing}: not the expected reference layout; 438 missing: encoder\.blocks\.1\.conv1\.bias"):
+                       match=rf"{missing}: not the expected reference layout; "
+                             rf"438 missing: encoder\.blocks\.1\.conv1\.bias"):
         reference.import_checkpoint(missing, "deflicker", tmp_path / "out")
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
@@ -226,7 +230,8 @@ def test_import_errors_name_the_file_and_write_nothing(tmp_path):
         reference.import_checkpoint(text, "bfvr", tmp_path / "out")
     code = tmp_path / "code.pth"
     torch.save({"params_ema": {"x": _Evil()}}, code)  # loading it unpickled would call print
-    with pytest.raises(reference.ReferenceCheckpointError, match=rf"{code}: not a tensors-only .*Unsupported global: GLOBAL print"):
+    with pytest.raises(reference.ReferenceCheckpointError,
+                       match=rf"{code}: not a tensors-only .*Unsupported global: GLOBAL print"):
         reference.import_checkpoint(code, "bfvr", tmp_path / "out")
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(missing.read_bytes()[:1000])
@@ -282,7 +287,8 @@ def test_cli_downloads_from_a_local_server_then_imports(bfvr_file, tmp_path, mon
     server = Server({"/init/ckpt-bfvr.pth": bfvr_file.read_bytes()})
     try:
         out = tmp_path / "published-bfvr"
-        assert main(["import-reference", "--download", "bfvr", "--base-url", f"{server.base}/init/", "-o", str(out)]) == 0
+        argv = ["import-reference", "--download", "bfvr", "--base-url", f"{server.base}/init/", "-o", str(out)]
+        assert main(argv) == 0
     finally:
         server.close()
     cached = tmp_path / "cache" / "ckpt-bfvr.pth"

@@ -17,8 +17,8 @@ import av
 import numpy as np
 import pytest
 import torch
-
 from reference_fixtures import rule_tensor
+
 from stcvq import reference, video
 from stcvq.cli import main
 from stcvq.nn.export import read_provenance
@@ -82,7 +82,8 @@ def test_enhance_512_video_longer_than_a_window(imported, tmp_path):
     """512x512, 30 frames (windows of 8 with overlap), AAC audio: frame count, fps, audio kept."""
     src = tmp_path / "square.mp4"
     subprocess.run([video.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=512x512:rate=25",
-                    "-frames:v", "30", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp_path / "plain.mp4")], check=True)
+                    "-frames:v", "30", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp_path / "plain.mp4")],
+                   check=True)
     _with_audio(tmp_path / "plain.mp4", src, 30)
     dst = tmp_path / "out.mp4"
     assert main(["enhance", str(src), "-o", str(dst), "--task", "bfvr", "--model", str(imported)]) == 0

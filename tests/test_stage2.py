@@ -198,7 +198,8 @@ def test_every_profile_builds_for_every_task(name):
     for task in ("bfvr", "deflicker", "deflicker-pixel"):
         cfg = Stage2Config.profile(name, task)
         profile = PROFILES[name]
-        assert (cfg.task, cfg.clip_length, cfg.size, cfg.stage1) == (task, profile.clip_length, profile.size, profile.stage1())
+        assert (cfg.task, cfg.clip_length, cfg.size, cfg.stage1) == (
+            task, profile.clip_length, profile.size, profile.stage1())
         reference = profile.arch.layout == "reference"
         assert cfg.motion_residual == ("reference" if reference else "time")
         assert cfg.spatial.layout == cfg.temporal.layout == profile.arch.layout
@@ -219,17 +220,20 @@ def test_profile_overrides_and_their_errors():
 def test_stage2_params_merge_task_overrides_and_reject_typos():
     section = {"model": {"width": 32, "ffn": 64, "layers": 1}, "schedule": "incremental", "noisefree_steps": 5,
                "train": {"steps": 7, "batch_size": 2},
-               "tasks": {"bfvr": {}, "deflicker": {"model": {"layers": 2}, "train": {"steps": 9}, "noisefree_steps": 0}}}
+               "tasks": {"bfvr": {},
+                         "deflicker": {"model": {"layers": 2}, "train": {"steps": 9}, "noisefree_steps": 0}}}
     bfvr = Stage2Params.for_task(section, "bfvr")
     deflicker = Stage2Params.for_task(section, "deflicker")
     assert (bfvr.model.layers, bfvr.train.steps, bfvr.noisefree_steps) == (1, 7, 5)
-    assert (deflicker.model.layers, deflicker.model.width, deflicker.train.steps, deflicker.train.batch_size) == (2, 32, 9, 2)
+    assert (deflicker.model.layers, deflicker.model.width,
+            deflicker.train.steps, deflicker.train.batch_size) == (2, 32, 9, 2)
     assert deflicker.noisefree_steps == 0
     cfg = deflicker.train_config(Stage1Config.tiny(), "deflicker", clip_length=4, size=16)
     assert cfg.model == Stage2Config.build(Stage1Config.tiny(), "deflicker", 4, 16, deflicker.model)
     assert (cfg.train, cfg.schedule, cfg.noisefree_steps) == (deflicker.train, "incremental", 0)
     for bad, match in (({"noisefree_step": 3}, "unknown key"), ({"schedule": "holistc"}, "schedule"),
-                       ({"tasks": {"bvfr": {}}}, "unknown task"), ({"tasks": {"bfvr": {"shedule": "holistic"}}}, "unknown key"),
+                       ({"tasks": {"bvfr": {}}}, "unknown task"),
+                       ({"tasks": {"bfvr": {"shedule": "holistic"}}}, "unknown key"),
                        ({"tasks": {"bfvr": {"model": {"widht": 8}}}}, "unknown key")):
         with pytest.raises(ConfigError, match=match):
             Stage2Params.for_task({**section, **bad}, "bfvr")

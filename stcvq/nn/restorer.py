@@ -106,9 +106,11 @@ class Stage2Config:
               f"motion_residual must be time or reference, got {self.motion_residual!r}")
         for name, lookup, codes in (("spatial", self.spatial, self.stage1.num_codes_spatial),
                                     ("temporal", self.temporal, self.stage1.num_codes_temporal)):
-            check(lookup.codebook_size == codes, f"{name} transformer predicts {lookup.codebook_size} codes, Stage I has {codes}")
+            check(lookup.codebook_size == codes,
+                  f"{name} transformer predicts {lookup.codebook_size} codes, Stage I has {codes}")
             check(lookup.latent_dim == self.stage1.latent_dim,
-                  f"{name} transformer reads {lookup.latent_dim} channels, Stage I latents have {self.stage1.latent_dim}")
+                  f"{name} transformer reads {lookup.latent_dim} channels, "
+                  f"Stage I latents have {self.stage1.latent_dim}")
             check(tuple(lookup.grid) == self.latent_grid,
                   f"{name} transformer's position grid {tuple(lookup.grid)} != latent grid {self.latent_grid} "
                   f"of {self.clip_length} x {self.size}^2 clips (build configs with Stage2Config.build)")
@@ -166,7 +168,8 @@ class Stage2Config:
 
 def latent_grid(stage1: Stage1Config, clip_length: int, size: int) -> tuple[int, int, int]:
     """(t, h, w) of the Stage I latent of a clip_length x size^2 clip."""
-    return (math.ceil(clip_length / stage1.temporal_factor), size // stage1.spatial_factor, size // stage1.spatial_factor)
+    side = size // stage1.spatial_factor
+    return (math.ceil(clip_length / stage1.temporal_factor), side, side)
 
 
 @dataclass(frozen=True)
