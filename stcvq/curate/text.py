@@ -5,8 +5,8 @@ small interface, :class:`TextDetector`: ``detect(rgb) -> [(polygon (4, 2), score
 
 * ``rapidocr`` (default): PP-OCR detection through rapidocr + onnxruntime; the model ships
   inside the wheel, so it works offline. ``limit_side_len`` 512 (rapidocr's ``limit_type`` is
-  ``min``: the shorter side is scaled to it): at the default 736 a text-free face frame gave
-  a false box (shared/ENVIRONMENT.md).
+  ``min``: the shorter side is scaled to it): at rapidocr's default 736, text-free face frames can give
+  false boxes.
 * ``paddleocr`` (optional, ``pip install stcvq[paddle]``): PaddleOCR's TextDetection.
   Imported lazily; a clear error says how to install it. Its models download on first use.
 
