@@ -3,7 +3,7 @@
 Params: params.yaml's stage1 section (model, loss, train; ``shards`` names the task whose shards
 dvc.yaml passes in). Paths, all from dvc.yaml's cmd:
   --train, --val   shard indexes (only the HQ member is used; every task's shards carry the same HQ clips)
-  --run            checkpoints and DVCLive logs (persisted: a killed run resumes)
+  --run-dir        checkpoints and DVCLive logs (persisted: a killed run resumes)
   --model          the exported EMA weights (Stage1Model.from_pretrained)
   --plots          the DVCLive curves
   --metrics        val_psnr, codebook_usage_* as fractions of codes used
@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.common import is_main_process, load_params, run_stage, setup_logging
 from stcvq.config import from_dict
 from stcvq.data import ShardClips, shard_batches
-from stcvq.io import write_json
+from stcvq.io import atomic_folder, write_json
 from stcvq.nn.vqgan import Stage1Model
 from stcvq.stage1 import Stage1TrainConfig, evaluate_stage1, train_stage1
 
@@ -39,8 +39,8 @@ def train_and_export(cfg: Stage1TrainConfig, train_index: Path, val_index: Path,
     seconds = time.time() - started
     if not is_main_process():
         return None, seconds
-    shutil.rmtree(model_dir, ignore_errors=True)
-    shutil.copytree(run_dir / "model", model_dir)  # written atomically file by file by save_pretrained
+    with atomic_folder(model_dir) as staging:
+        shutil.copytree(run_dir / "model", staging, dirs_exist_ok=True)
     shutil.rmtree(plots_dir, ignore_errors=True)
     curves = run_dir / "dvclive" / "plots" / "metrics"
     if curves.is_dir():
@@ -57,13 +57,13 @@ def train_and_export(cfg: Stage1TrainConfig, train_index: Path, val_index: Path,
 def main() -> None:
     log = setup_logging("stage1")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("train", "val", "run", "model", "plots", "metrics", "timings"):
+    for name in ("train", "val", "run-dir", "model", "plots", "metrics", "timings"):
         parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
     params = dict(load_params("stage1")["stage1"])
     params.pop("shards", None)  # used by dvc.yaml to pick the shard paths
     cfg = from_dict(Stage1TrainConfig, params, where="params.yaml:stage1")
-    metrics, seconds = train_and_export(cfg, args.train, args.val, args.run, args.model, args.plots)
+    metrics, seconds = train_and_export(cfg, args.train, args.val, args.run_dir, args.model, args.plots)
     if metrics is None:
         return
     write_json(args.metrics, metrics)
