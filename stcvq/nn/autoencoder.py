@@ -19,6 +19,11 @@ upsample coming last (at full resolution).
 Without gradients (inference), the layers outside the attention levels run a few frames at a
 time once a feature map exceeds ``chunk_bytes`` (:mod:`stcvq.nn.chunked`; same result, bounded
 memory). ``chunk_bytes = None`` runs every layer whole.
+
+With gradients and ``checkpointing`` on, each residual block (with its attention), each
+resampling layer and the output head keep only their input for the backward pass and run again
+there (:func:`torch.utils.checkpoint.checkpoint`): the same gradients for about one more
+forward of compute, and only the block inputs held instead of every intermediate map.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from . import chunked
 from .blocks import AttentionLayout, Downsample3d, Layout, ResBlock3d, Upsample3d, attention_block, group_norm
@@ -53,8 +59,37 @@ def crop_clip(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return x[..., :t, :h, :w]
 
 
-class Encoder3d(nn.Module):
+class _Stack(nn.Module):
+    """What the encoder and decoder share: how one of their layers runs (chunked without
+    gradients, optionally checkpointed with them) and the output head."""
+
     chunk_bytes: int | None = CHUNK_BYTES
+    checkpointing: bool = False
+    norm_out: nn.GroupNorm
+    conv_out: nn.Conv3d
+    activate_out: bool
+
+    def _layer(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(layer, h, use_reentrant=False)
+        return chunked.run(layer, h, self.chunk_bytes)
+
+    def _block(self, block: nn.Module, attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(lambda x: attn(block(x)), h, use_reentrant=False)
+        return attn(chunked.run(block, h, self.chunk_bytes))
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._head_whole, h, use_reentrant=False)
+        return chunked.run(self.conv_out, h, self.chunk_bytes, norm=self.norm_out, activate=self.activate_out)
+
+    def _head_whole(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm_out(h)
+        return self.conv_out(F.silu(h) if self.activate_out else h)
+
+
+class Encoder3d(_Stack):
 
     def __init__(
         self,
@@ -91,18 +126,15 @@ class Encoder3d(nn.Module):
         self.conv_out = nn.Conv3d(width, latent_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        budget = self.chunk_bytes
-        h = chunked.run(self.conv_in, x, budget)
+        h = chunked.run(self.conv_in, x, self.chunk_bytes)
         for level in self.levels:
             for block, attn in zip(level.blocks, level.attns):
-                h = attn(chunked.run(block, h, budget))
-            h = chunked.run(level.down, h, budget)
-        h = self.mid(h)
-        return chunked.run(self.conv_out, h, budget, norm=self.norm_out, activate=self.activate_out)
+                h = self._block(block, attn, h)
+            h = self._layer(level.down, h)
+        return self._head(self._layer(self.mid, h))
 
 
-class Decoder3d(nn.Module):
-    chunk_bytes: int | None = CHUNK_BYTES
+class Decoder3d(_Stack):
 
     def __init__(
         self,
@@ -144,10 +176,9 @@ class Decoder3d(nn.Module):
         self.conv_out = nn.Conv3d(width, out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        budget = self.chunk_bytes
-        h = self.mid(self.conv_in(z))
+        h = self._layer(self.mid, self.conv_in(z))
         for level in self.levels:
             for block, attn in zip(level.blocks, level.attns):
-                h = attn(chunked.run(block, h, budget))
-            h = chunked.run(level.up, h, budget)
-        return chunked.run(self.conv_out, h, budget, norm=self.norm_out, activate=self.activate_out)
+                h = self._block(block, attn, h)
+            h = self._layer(level.up, h)
+        return self._head(h)
