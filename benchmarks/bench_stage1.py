@@ -6,15 +6,16 @@
 One step is forward + backward + AdamW update of ``Stage1Config.paper()`` (the published
 network; ``--layout stcvq`` for stcvq's own) on one clip, with a reconstruction L1 plus the
 codebook losses. Each configuration runs in a fresh process, so its peak RSS (ru_maxrss) is its
-own: ``fp32``, ``bf16`` (CPU autocast), each with ``-ckpt`` (activation checkpointing per
-encoder/decoder block) and/or ``-cl`` (channels-last 3D). A process times one warm-up step and
+own: ``fp32`` or ``bf16`` (CPU autocast), then any of ``-gemm`` (attention backward as blocked
+matrix products), ``-ckpt`` (activation checkpointing per encoder/decoder block) and ``-cl``
+(channels-last 3D); plain ``fp32`` is what the training loop runs by default. A process times one warm-up step and
 then ``--steps`` steps, and measures a float32 (or bf16) 2048^3 GEMM right after them: the
 machine's attainable FLOP/s in the same run. FLOPs are counted by torch's FlopCounterMode on
 the meta device, where attention decomposes into matrix products (on CPU the fused attention
 kernels are not counted).
 
-At 24 x 256^2 a float32 step takes about a minute on 2 threads, so the default four
-configurations take about 10 minutes. ``--bf16-loss-steps N`` adds the loss difference of bf16
+At 24 x 256^2 on 2 threads a step takes one to three minutes, and each configuration runs two
+(warm-up and one timed): the default five take about 20-25 minutes. ``--bf16-loss-steps N`` adds the loss difference of bf16
 against float32 after N steps of the embedded-default Stage I (8 x 64^2, batch 4).
 """
 
@@ -33,7 +34,7 @@ from stcvq.bench import gemm_flops_per_s, peak_rss_gib
 from stcvq.nn.runtime import autocast
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 
-CONFIGS = ("fp32", "fp32-ckpt", "bf16", "bf16-ckpt")
+CONFIGS = ("fp32", "fp32-gemm", "fp32-gemm-ckpt", "bf16-gemm", "bf16-gemm-ckpt")
 
 
 def _loss(model: Stage1Model, x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +59,7 @@ def measure_step(config_name: str, layout: str, frames: int, size: int, steps: i
     shape = (1, 3, frames, size, size)
     torch.manual_seed(0)
     model = Stage1Model(config).set_activation_checkpointing("ckpt" in options).set_channels_last("cl" in options)
+    model.set_gemm_attention_backward("gemm" in options)
     optimizer = torch.optim.AdamW(model.parameters(), lr=7e-5)
     x = torch.rand(shape)
     times = []
