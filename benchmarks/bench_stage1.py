@@ -51,34 +51,51 @@ def step_flops(config: Stage1Config, shape: tuple[int, ...]) -> int:
     return counter.get_total_flops()
 
 
-def measure_step(config_name: str, layout: str, frames: int, size: int, steps: int) -> dict:
+def measure_step(config_name: str, layout: str, frames: int, size: int, steps: int, device: str = "cpu") -> dict:
     """One configuration's seconds per step, peak RSS and FLOP/s over the same-run GEMM."""
-    precision = "bf16" if config_name.startswith("bf16") else "fp32"
+    precision = config_name.split("-")[0]
     options = config_name.split("-")[1:]
     config = Stage1Config.paper(layout=layout)
     shape = (1, 3, frames, size, size)
     torch.manual_seed(0)
     model = Stage1Model(config).set_activation_checkpointing("ckpt" in options).set_channels_last("cl" in options)
-    model.set_gemm_attention_backward("gemm" in options)
+    model = model.set_gemm_attention_backward("gemm" in options).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=7e-5)
-    x = torch.rand(shape)
-    times = []
+    x = torch.rand(shape, device=device)
+    times, cpu_times, losses = [], [], []
     for _ in range(steps + 1):  # the first step warms up allocator and kernels
-        start = time.perf_counter()
-        with autocast("cpu", precision):
+        _sync(device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        with autocast(device, precision):
             loss = _loss(model, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        _sync(device)
         times.append(time.perf_counter() - start)
-    seconds = sum(times[1:]) / steps
+        cpu_times.append(time.process_time() - start_cpu)
+        losses.append(float(loss.detach()))
+    seconds, cpu_seconds = sum(times[1:]) / steps, sum(cpu_times[1:]) / steps
     flops = step_flops(config, shape)
-    gemm = gemm_flops_per_s("bf16" if precision == "bf16" else "float32", "cpu")
-    return {"config": config_name, "layout": layout, "clip": [frames, size, size], "threads": torch.get_num_threads(),
+    gemm_dtype = {"fp32": "float32"}.get(precision, precision)
+    gemm = gemm_flops_per_s(gemm_dtype, device)
+    if device == "cpu":
+        # Per CPU-second of this process: the same ratio, less sensitive to other processes
+        # taking the cores (wall time counts their share, CPU time does not).
+        gemm_cpu = gemm_flops_per_s(gemm_dtype, device, clock=time.process_time)
+        extra = {"cpu_seconds_per_step": cpu_seconds, "fraction_of_gemm_cpu_time": flops / cpu_seconds / gemm_cpu}
+    else:
+        extra = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {**extra, "config": config_name, "layout": layout, "clip": [frames, size, size], "threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in model.parameters()), "seconds_per_step": seconds,
             "warmup_s": times[0], "peak_rss_gib": peak_rss_gib(), "step_tflop": flops / 1e12,
             "achieved_gflop_per_s": flops / seconds / 1e9, "gemm_gflop_per_s": gemm / 1e9,
-            "fraction_of_gemm": flops / seconds / gemm, "loss": float(loss)}
+            "fraction_of_gemm": flops / seconds / gemm, "losses": losses}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def bf16_loss_difference(steps: int) -> dict:
