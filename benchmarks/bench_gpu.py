@@ -114,8 +114,8 @@ def main() -> int:
     if not args.skip_steps:
         for name in STAGE1_STEPS:
             torch.cuda.reset_peak_memory_stats()
-            print(json.dumps({"check": "stage1_step", **bench_stage1.measure_step(name, "reference", 24, 256, 3, "cuda")}),
-                  flush=True)
+            run = bench_stage1.measure_step(name, "reference", 24, 256, 3, "cuda")
+            print(json.dumps({"check": "stage1_step", **run}), flush=True)
         for task in bench_stage2_train.TASKS:
             for name in STAGE2_STEPS:
                 torch.cuda.reset_peak_memory_stats()

@@ -15,8 +15,9 @@ the meta device, where attention decomposes into matrix products (on CPU the fus
 kernels are not counted).
 
 At 24 x 256^2 on 2 threads a step takes one to three minutes, and each configuration runs two
-(warm-up and one timed): the default five take about 20-25 minutes. ``--bf16-loss-steps N`` adds the loss difference of bf16
-against float32 after N steps of the embedded-default Stage I (8 x 64^2, batch 4).
+(warm-up and one timed): the default five take about 20-25 minutes. ``--bf16-loss-steps N``
+adds the loss difference of bf16 against float32 after N steps of the embedded-default Stage I
+(8 x 64^2, batch 4).
 """
 
 from __future__ import annotations
@@ -86,10 +87,10 @@ def measure_step(config_name: str, layout: str, frames: int, size: int, steps: i
         extra = {"cpu_seconds_per_step": cpu_seconds, "fraction_of_gemm_cpu_time": flops / cpu_seconds / gemm_cpu}
     else:
         extra = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30}
-    return {**extra, "config": config_name, "layout": layout, "clip": [frames, size, size], "threads": torch.get_num_threads(),
-            "parameters": sum(p.numel() for p in model.parameters()), "seconds_per_step": seconds,
-            "warmup_s": times[0], "peak_rss_gib": peak_rss_gib(), "step_tflop": flops / 1e12,
-            "achieved_gflop_per_s": flops / seconds / 1e9, "gemm_gflop_per_s": gemm / 1e9,
+    return {**extra, "config": config_name, "layout": layout, "clip": [frames, size, size],
+            "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters()),
+            "seconds_per_step": seconds, "warmup_s": times[0], "peak_rss_gib": peak_rss_gib(),
+            "step_tflop": flops / 1e12, "achieved_gflop_per_s": flops / seconds / 1e9, "gemm_gflop_per_s": gemm / 1e9,
             "fraction_of_gemm": flops / seconds / gemm, "losses": losses}
 
 

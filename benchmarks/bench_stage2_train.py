@@ -69,7 +69,8 @@ def measure_step(task: str, config_name: str, frames: int, size: int, steps: int
         losses.append(float(loss.detach()))
     spatial = config.spatial
     extra = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30} if device.startswith("cuda") else {}
-    return {**extra, "task": task, "config": config_name, "transformer": f"{spatial.layers} layers x {spatial.heads} heads",
+    return {**extra, "task": task, "config": config_name,
+            "transformer": f"{spatial.layers} layers x {spatial.heads} heads",
             "clip": [frames, size, size], "threads": torch.get_num_threads(),
             "trainable_parameters": sum(p.numel() for p in trainable), "seconds_per_step": sum(times[1:]) / steps,
             "warmup_s": times[0], "peak_rss_gib": peak_rss_gib(), "losses": losses}

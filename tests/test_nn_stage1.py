@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from reference_fixtures import layout
 from torch.utils.flop_counter import FlopCounterMode
 
-from reference_fixtures import layout
 from stcvq.config import ConfigError, from_dict
 from stcvq.nn.blocks import SelfAttention3d
 from stcvq.nn.quantize import VectorQuantizer, codebook_stats, kl_to_uniform

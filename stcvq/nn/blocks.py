@@ -170,7 +170,8 @@ class SelfAttention3d(nn.Module):
             out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads, self.gemm_backward).reshape(b, t, h, w, c)
         elif self.tokens == "temporal":  # (B*h*w, t, C)
             to_seq = lambda z: z.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, c)  # noqa: E731
-            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads, self.gemm_backward).reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4)
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads, self.gemm_backward)
+            out = out.reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4)
         else:
             raise ValueError(f"unknown attention tokens {self.tokens!r}")
         out = F.linear(out.reshape(-1, c), self.proj.weight.flatten(1), self.proj.bias).reshape(b, t, h, w, c)
