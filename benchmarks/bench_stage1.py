@@ -148,7 +148,7 @@ def main() -> None:
         return
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
     results = {}
-    for name in a.configs.split(","):
+    for name in filter(None, a.configs.split(",")):
         results[name] = run_in_subprocess([name, a.layout, str(a.paper_frames), str(a.paper_size), str(a.steps)])
         print(json.dumps(results[name]), flush=True)
     base = results.get("fp32", {})
