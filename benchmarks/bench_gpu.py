@@ -24,7 +24,7 @@ Prints one JSON line per check:
   has not met a GPU before.
 - ``stage1_step``: ``benchmarks/bench_stage1.py``'s training step of the paper profile's Stage I
   (the published network) at 24 x 256^2 on cuda: float32, bf16 autocast, bf16 with activation
-  checkpointing; seconds per step, peak GPU memory, FLOP/s over the same-run GEMM.
+  checkpointing, bf16 channels-last; seconds per step, peak GPU memory, FLOP/s over the same-run GEMM.
 - ``stage2_step``: ``benchmarks/bench_stage2_train.py``'s Stage II training step at 24 x 512^2,
   both transformer configs (bfvr 9 x 2 heads, deflicker 6 x 4), float32 and bf16.
 - ``enhance``: ``stcvq bench enhance``'s measurement (:func:`stcvq.bench.bench_enhance`) of the
@@ -53,7 +53,7 @@ from benchmarks import bench_stage1, bench_stage2_train  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config  # noqa: E402
 from stcvq.stage2 import Stage2Config  # noqa: E402
 
-STAGE1_STEPS = ("fp32", "bf16", "bf16-ckpt")  # bench_stage1 configurations, 24 x 256^2
+STAGE1_STEPS = ("fp32", "bf16", "bf16-ckpt", "bf16-cl")  # bench_stage1 configurations, 24 x 256^2
 STAGE2_STEPS = ("fp32", "bf16")  # bench_stage2_train configurations, 24 x 512^2, per task
 
 

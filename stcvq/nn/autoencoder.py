@@ -28,7 +28,8 @@ forward of compute, and only the block inputs held instead of every intermediate
 
 from __future__ import annotations
 
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,28 +70,26 @@ class _Stack(nn.Module):
     conv_out: nn.Conv3d
     activate_out: bool
 
-    def _layer(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """``fn(h)``; with ``checkpointing`` on and gradients recorded, ``fn``'s intermediate maps
+        are recomputed in the backward pass instead of kept."""
         if self.checkpointing and torch.is_grad_enabled():
-            return checkpoint(layer, h, use_reentrant=False)
-        return chunked.run(layer, h, self.chunk_bytes)
+            return checkpoint(fn, h, use_reentrant=False)
+        return fn(h)
+
+    def _layer(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return self._run(partial(chunked.run, layer, budget_bytes=self.chunk_bytes), h)
 
     def _block(self, block: nn.Module, attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        if self.checkpointing and torch.is_grad_enabled():
-            return checkpoint(lambda x: attn(block(x)), h, use_reentrant=False)
-        return attn(chunked.run(block, h, self.chunk_bytes))
+        return self._run(lambda x: attn(chunked.run(block, x, self.chunk_bytes)), h)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
-        if self.checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._head_whole, h, use_reentrant=False)
-        return chunked.run(self.conv_out, h, self.chunk_bytes, norm=self.norm_out, activate=self.activate_out)
-
-    def _head_whole(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.norm_out(h)
-        return self.conv_out(F.silu(h) if self.activate_out else h)
+        head = partial(chunked.run, self.conv_out, budget_bytes=self.chunk_bytes, norm=self.norm_out,
+                       activate=self.activate_out)
+        return self._run(head, h)
 
 
 class Encoder3d(_Stack):
-
     def __init__(
         self,
         in_channels: int,
@@ -135,7 +134,6 @@ class Encoder3d(_Stack):
 
 
 class Decoder3d(_Stack):
-
     def __init__(
         self,
         out_channels: int,
