@@ -9,8 +9,9 @@ maps plus the weighted latent MSE, backward, and an AdamW update of the trainabl
 Both published transformer configs run: ``bfvr`` (9 layers x 2 heads) and ``deflicker``
 (6 layers x 4 heads), each configuration in a fresh process so its peak RSS is its own.
 Configurations: ``fp32`` or ``bf16`` (CPU autocast), then any of ``-gemm`` (the LQ encoder's
-attention backward as blocked matrix products) and ``-ckpt`` (activation checkpointing of the
-LQ encoder's blocks). Random weights: the cost does not depend on them.
+attention backward as blocked matrix products), ``-ckpt`` (activation checkpointing of the LQ
+encoder's blocks) and ``-cl`` (channels-last 3D Stage I layers). Random weights: the cost does
+not depend on them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from stcvq.nn.vqgan import Stage1Model
 from stcvq.stage2 import Stage2Config, Stage2Model
 
 TASKS = ("bfvr", "deflicker")
-CONFIGS = ("fp32-gemm-ckpt",)
+CONFIGS = ("fp32-gemm-cl-ckpt",)
 
 
 def _loss(model: Stage2Model, target: Stage1Model, hq: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
@@ -49,6 +50,7 @@ def measure_step(task: str, config_name: str, frames: int, size: int, steps: int
     torch.manual_seed(0)
     model = Stage2Model(config)
     model.vqgan.set_activation_checkpointing("ckpt" in options).set_gemm_attention_backward("gemm" in options)
+    model.vqgan.set_channels_last("cl" in options)
     model = model.to(device)
     target = Stage1Model(config.stage1).eval().requires_grad_(False).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -95,7 +97,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--steps", type=int, default=1, help="timed steps after one warm-up step")
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: fp32|bf16 [-gemm] [-ckpt]")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: fp32|bf16 [-gemm] [-cl] [-ckpt]")
     p.add_argument("--part", nargs="*", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.part is not None:
