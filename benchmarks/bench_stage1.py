@@ -15,7 +15,7 @@ the meta device, where attention decomposes into matrix products (on CPU the fus
 kernels are not counted).
 
 At 24 x 256^2 on 2 threads a step takes one to three minutes, and each configuration runs two
-(warm-up and one timed): the default five take about 20-25 minutes. ``--bf16-loss-steps N``
+(warm-up and one timed): the default six take about 20-25 minutes. ``--bf16-loss-steps N``
 adds the loss difference of bf16 against float32 after N steps of the embedded-default Stage I
 (8 x 64^2, batch 4).
 """
@@ -35,7 +35,7 @@ from stcvq.bench import gemm_flops_per_s, peak_rss_gib
 from stcvq.nn.runtime import autocast
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 
-CONFIGS = ("fp32", "fp32-gemm-cl", "fp32-gemm-cl-ckpt", "bf16-gemm-cl", "bf16-gemm-cl-ckpt")
+CONFIGS = ("fp32", "fp32-gemm", "fp32-gemm-cl", "fp32-gemm-ckpt", "bf16-gemm", "bf16-gemm-ckpt")
 
 
 def _loss(model: Stage1Model, x: torch.Tensor) -> torch.Tensor:
