@@ -35,7 +35,7 @@ from stcvq.bench import gemm_flops_per_s, peak_rss_gib
 from stcvq.nn.runtime import autocast
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 
-CONFIGS = ("fp32", "fp32-gemm", "fp32-gemm-cl", "fp32-gemm-ckpt", "bf16-gemm", "bf16-gemm-ckpt")
+CONFIGS = ("fp32", "fp32-gemm", "fp32-cl", "fp32-ckpt", "bf16", "bf16-ckpt")
 
 
 def _loss(model: Stage1Model, x: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from stcvq.nn.vqgan import Stage1Model
 from stcvq.stage2 import Stage2Config, Stage2Model
 
 TASKS = ("bfvr", "deflicker")
-CONFIGS = ("fp32-gemm-cl-ckpt",)
+CONFIGS = ("fp32-ckpt",)
 
 
 def _loss(model: Stage2Model, target: Stage1Model, hq: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
