@@ -84,8 +84,8 @@ class _GemmBackwardAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(d)) v: torch's fused forward, and a backward that recomputes the
     scores for a block of queries at a time and runs as matrix products.
 
-    torch's fused CPU attention backward splits its work over batch x heads only, so one clip
-    with one head runs on one thread; these products use every thread. Memory stays linear in
+    An alternative to torch's fused CPU backward, for machines where plain matrix products run
+    faster than it (README, "Training-step cost of the paper profile"). Memory stays linear in
     the sequence length (one block of scores at a time), as with the fused kernel."""
 
     @staticmethod

@@ -141,9 +141,9 @@ class Stage1Model(nn.Module):
         return self
 
     def set_gemm_attention_backward(self, enabled: bool) -> "Stage1Model":
-        """Run the encoder's and decoder's attention backward as blocked matrix products
-        (:class:`stcvq.nn.blocks.SelfAttention3d`): on CPU the fused kernel's backward uses one
-        thread per clip and head. The same gradients up to float rounding."""
+        """Run the encoder's and decoder's attention backward as blocked matrix products instead
+        of torch's fused kernel (:class:`stcvq.nn.blocks.SelfAttention3d`). The same gradients
+        up to float rounding."""
         for net in (self.encoder, self.decoder):
             for module in net.modules():
                 if isinstance(module, SelfAttention3d):
