@@ -14,8 +14,8 @@ from torch import nn
 
 AttentionLayout = Literal["global", "factorized"]
 # ``stcvq``: this project's VQGAN layout. ``reference``: the layout of the published BFVR-STC
-# checkpoints (their VQAutoEncoder3D), kept only so those weights compute what they were
-# trained to compute; see stcvq/reference.py for every difference.
+# network (their VQAutoEncoder3D), which the paper profile trains and the published checkpoints
+# need; see stcvq/reference.py for every difference.
 Layout = Literal["stcvq", "reference"]
 
 

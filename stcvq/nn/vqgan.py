@@ -54,8 +54,8 @@ class Stage1Config:
     residual_window: int = 1
     ta_heads: int = 1
     fusion: Literal["add", "conv", "fft3d"] = "add"
-    # stcvq: this project's VQGAN. reference: the published BFVR-STC checkpoints' layout
-    # (stcvq/reference.py lists the differences); only for running or fine-tuning those weights.
+    # stcvq: this project's VQGAN. reference: the published network's layout (stcvq/reference.py
+    # lists the differences): the paper profile's, and the one the published checkpoints need.
     layout: Layout = "stcvq"
 
     def __post_init__(self) -> None:
