@@ -1,7 +1,8 @@
-"""The GPU checks of issues 4 and 6 as one prepared run, for a session that is lent a device.
+"""The GPU checks as one prepared run, for a session that is lent a device.
 
 No session has been lent one so far, so this script has never run on a GPU: expect to fix
-small things on first use, and keep its device time short (the default run is a few minutes).
+small things on first use, and keep its device time short (the default run is a few minutes;
+``--skip-*`` leaves parts out).
 
 On the device machine, python3 has torch, numpy, opencv, tqdm and safetensors but not PyAV,
 which ``stcvq.video`` imports. Carry a wheel (see /work/.library/device/README.md):
@@ -11,18 +12,25 @@ which ``stcvq.video`` imports. Carry a wheel (see /work/.library/device/README.m
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl av
     # run(carry=[".whl"]):
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
-        PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py | tee $OUT/gpu.jsonl
+        PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 -m benchmarks.bench_gpu | tee $OUT/gpu.jsonl
+
+``--dry-run`` prints the training-step checks it would run (built on the meta device, no GPU).
 
 Prints one JSON line per check:
 
 - ``stage1_train``: the real training loop (``train_stage1``) on the paper profile for a few
   steps under bf16 and under fp16 autocast (fp16 with its GradScaler), on 8 x 128^2 clips:
-  steps whose loss was not finite (the NaN guard's count), seconds, peak GPU memory. Issue 4:
-  autocast has not met a GPU before.
+  steps whose loss was not finite (the NaN guard's count), seconds, peak GPU memory; autocast
+  has not met a GPU before.
+- ``stage1_step``: ``benchmarks/bench_stage1.py``'s training step of the paper profile's Stage I
+  (the published network) at 24 x 256^2 on cuda: float32, bf16 autocast, bf16 with activation
+  checkpointing, bf16 channels-last; seconds per step, peak GPU memory, FLOP/s over the same-run GEMM.
+- ``stage2_step``: ``benchmarks/bench_stage2_train.py``'s Stage II training step at 24 x 512^2,
+  both transformer configs (bfvr 9 x 2 heads, deflicker 6 x 4), float32 and bf16.
 - ``enhance``: ``stcvq bench enhance``'s measurement (:func:`stcvq.bench.bench_enhance`) of the
   paper profile at 24 x 512^2 on cuda, factorized and global attention, float32 / bf16 / fp16,
-  best of 3 after a warm-up. Issue 6: the paper reports 2.995 s on an A100; aim for under 1 s
-  on an H100.
+  best of 3 after a warm-up. The paper reports 2.995 s on an A100; the aim is under 1 s on an
+  H100.
 
 Not covered: nccl with two processes needs two GPUs (one per rank); a one-GPU lease cannot run it.
 """
@@ -41,14 +49,34 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stcvq.bench import bench_enhance  # noqa: E402
-from stcvq.data import TensorClips  # noqa: E402
+from benchmarks import bench_stage1, bench_stage2_train  # noqa: E402
+from stcvq.nn.restorer import Stage2Config  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config  # noqa: E402
-from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1  # noqa: E402
-from stcvq.train import TrainConfig  # noqa: E402
+
+STAGE1_STEPS = ("fp32", "bf16", "bf16-ckpt", "bf16-cl")  # bench_stage1 configurations, 24 x 256^2
+STAGE2_STEPS = ("fp32", "bf16")  # bench_stage2_train configurations, 24 x 512^2, per task
+
+
+def plan() -> list[dict]:
+    """The step checks and their networks' sizes, built on the meta device (no GPU needed)."""
+    checks = []
+    for name in STAGE1_STEPS:
+        shape = (1, 3, 24, 256, 256)
+        tflop = bench_stage1.step_flops(Stage1Config.paper(), shape) / 1e12
+        checks.append({"check": "stage1_step", "config": name, "clip": list(shape[2:]), "step_tflop": tflop})
+    for task in bench_stage2_train.TASKS:
+        config = Stage2Config.profile("paper", task)
+        for name in STAGE2_STEPS:
+            checks.append({"check": "stage2_step", "task": task, "config": name, "clip": [24, 512, 512],
+                           "transformer": [config.spatial.layers, config.spatial.heads]})
+    return checks
 
 
 def stage1_train(precision: str, steps: int, frames: int, size: int) -> dict:
+    from stcvq.data import TensorClips
+    from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
+    from stcvq.train import TrainConfig
+
     cfg = Stage1TrainConfig(
         model=Stage1Config.paper(),
         loss=Stage1LossConfig(perceptual_weight=0, discriminator=None),  # no weights carried
@@ -70,7 +98,13 @@ def main() -> int:
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-enhance", action="store_true")
+    parser.add_argument("--skip-steps", action="store_true", help="skip the Stage I / II training-step checks")
+    parser.add_argument("--dry-run", action="store_true", help="print the step checks' plan; needs no GPU")
     args = parser.parse_args()
+    if args.dry_run:
+        for check in plan():
+            print(json.dumps(check))
+        return 0
     if not torch.cuda.is_available():
         print("bench_gpu.py: no CUDA device here", file=sys.stderr)
         return 2
@@ -78,7 +112,19 @@ def main() -> int:
     if not args.skip_train:
         for precision in ("bf16", "fp16"):
             print(json.dumps(stage1_train(precision, args.train_steps, 8, 128)), flush=True)
+    if not args.skip_steps:
+        for name in STAGE1_STEPS:
+            torch.cuda.reset_peak_memory_stats()
+            run = bench_stage1.measure_step(name, "reference", 24, 256, 3, "cuda")
+            print(json.dumps({"check": "stage1_step", **run}), flush=True)
+        for task in bench_stage2_train.TASKS:
+            for name in STAGE2_STEPS:
+                torch.cuda.reset_peak_memory_stats()
+                run = bench_stage2_train.measure_step(task, name, 24, 512, 3, "cuda")
+                print(json.dumps({"check": "stage2_step", **run}), flush=True)
     if not args.skip_enhance:
+        from stcvq.bench import bench_enhance
+
         for attention in ("factorized", "global"):
             for dtype in ("float32", "bf16", "fp16"):
                 run = bench_enhance("paper", "bfvr", 24, 512, attention, None, dtype, "cuda", repeats=3)

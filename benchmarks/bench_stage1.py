@@ -1,105 +1,163 @@
-"""Stage I cost: training steps/s and peak memory (tiny and paper profile), global vs factorized
-attention (FLOPs of a 24 x 256^2 forward on the meta device, and measured forward wall time).
+"""Stage I training step of the paper profile: seconds, peak RSS, FLOPs, FLOP/s over GEMM.
 
-    .venv/bin/python benchmarks/bench_stage1.py [--paper-frames 4] [--paper-size 256] [--steps 3]
+    .venv/bin/python -m benchmarks.bench_stage1 --paper-frames 24 --paper-size 256 --steps 1
+    .venv/bin/python -m benchmarks.bench_stage1 --paper-frames 8 --paper-size 128 --configs fp32,fp32-ckpt
 
-Each measurement runs in a fresh process so its peak RSS (ru_maxrss) is its own.
+One step is forward + backward + AdamW update of ``Stage1Config.paper()`` (the published
+network; ``--layout stcvq`` for stcvq's own) on one clip, with a reconstruction L1 plus the
+codebook losses. Each configuration runs in a fresh process, so its peak RSS (ru_maxrss) is its
+own: ``fp32`` or ``bf16`` (CPU autocast), then any of ``-gemm`` (attention backward as blocked
+matrix products), ``-ckpt`` (activation checkpointing per encoder/decoder block) and ``-cl``
+(channels-last 3D); plain ``fp32`` is what the training loop runs by default. A process times one warm-up step and
+then ``--steps`` steps, and measures a float32 (or bf16) 2048^3 GEMM right after them: the
+machine's attainable FLOP/s in the same run. FLOPs are counted by torch's FlopCounterMode on
+the meta device, where attention decomposes into matrix products (on CPU the fused attention
+kernels are not counted).
+
+At 24 x 256^2 on 2 threads a step takes one to three minutes, and each configuration runs two
+(warm-up and one timed): the default six take about 20-25 minutes. ``--bf16-loss-steps N``
+adds the loss difference of bf16 against float32 after N steps of the embedded-default Stage I
+(8 x 64^2, batch 4).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from stcvq.bench import gemm_flops_per_s, peak_rss_gib
+from stcvq.nn.runtime import autocast
+from stcvq.nn.vqgan import Stage1Config, Stage1Model
 
-def measure_train(profile: str, frames: int, size: int, steps: int, batch: int) -> dict:
-    import torch
-
-    from stcvq.nn.vqgan import Stage1Config, Stage1Model
-
-    torch.manual_seed(0)
-    cfg = Stage1Config.paper() if profile == "paper" else Stage1Config.tiny()
-    model = Stage1Model(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.rand(batch, 3, frames, size, size)
-    times = []
-    for _ in range(steps + 1):  # the first step warms up
-        t0 = time.perf_counter()
-        out = model(x)
-        loss = (out.reconstruction - x).abs().mean() + out.quantized.loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    rate = len(times[1:]) / sum(times[1:])
-    return {"profile": profile, "clip": [batch, frames, size, size], "steps_per_s": rate,
-            "clips_per_s": rate * batch, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+CONFIGS = ("fp32", "fp32-gemm", "fp32-cl", "fp32-ckpt", "bf16", "bf16-ckpt")
 
 
-def measure_forward(layout: str, frames: int, size: int, profile: str) -> dict:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def _loss(model: Stage1Model, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return (out.reconstruction.float() - x).abs().mean() + out.quantized.loss
 
-    from stcvq.nn.vqgan import Stage1Config, Stage1Model
 
-    make = Stage1Config.paper if profile == "paper" else Stage1Config.tiny
+def step_flops(config: Stage1Config, shape: tuple[int, ...]) -> int:
+    """FLOPs of one forward + backward, counted on the meta device."""
     with torch.device("meta"):
-        meta = Stage1Model(Stage1Config.paper(attn_layout=layout))
+        model = Stage1Model(config)
     with FlopCounterMode(display=False) as counter:
-        meta(torch.empty(1, 3, 24, 256, 256, device="meta"))
+        _loss(model, torch.empty(shape, device="meta")).backward()
+    return counter.get_total_flops()
+
+
+def measure_step(config_name: str, layout: str, frames: int, size: int, steps: int, device: str = "cpu") -> dict:
+    """One configuration's seconds per step, peak RSS and FLOP/s over the same-run GEMM."""
+    precision = config_name.split("-")[0]
+    options = config_name.split("-")[1:]
+    config = Stage1Config.paper(layout=layout)
+    shape = (1, 3, frames, size, size)
     torch.manual_seed(0)
-    model = Stage1Model(make(attn_layout=layout)).eval()
-    x = torch.rand(1, 3, frames, size, size)
-    with torch.no_grad():
-        model(x)
-        t0 = time.perf_counter()
-        model(x)
-        wall = time.perf_counter() - t0
-    return {"layout": layout, "paper_params_m": sum(p.numel() for p in meta.parameters()) / 1e6,
-            "paper_24x256_tflop": counter.get_total_flops() / 1e12, "wall_clip": [profile, frames, size, size],
-            "forward_s": wall, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    model = Stage1Model(config).set_activation_checkpointing("ckpt" in options).set_channels_last("cl" in options)
+    model = model.set_gemm_attention_backward("gemm" in options).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=7e-5)
+    x = torch.rand(shape, device=device)
+    times, cpu_times, losses = [], [], []
+    for _ in range(steps + 1):  # the first step warms up allocator and kernels
+        _sync(device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        with autocast(device, precision):
+            loss = _loss(model, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - start_cpu)
+        losses.append(float(loss.detach()))
+    seconds, cpu_seconds = sum(times[1:]) / steps, sum(cpu_times[1:]) / steps
+    flops = step_flops(config, shape)
+    gemm_dtype = {"fp32": "float32"}.get(precision, precision)
+    gemm = gemm_flops_per_s(gemm_dtype, device)
+    if device == "cpu":
+        # Per CPU-second of this process: the same ratio, less sensitive to other processes
+        # taking the cores (wall time counts their share, CPU time does not).
+        gemm_cpu = gemm_flops_per_s(gemm_dtype, device, clock=time.process_time)
+        extra = {"cpu_seconds_per_step": cpu_seconds, "fraction_of_gemm_cpu_time": flops / cpu_seconds / gemm_cpu}
+    else:
+        extra = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {**extra, "config": config_name, "layout": layout, "clip": [frames, size, size],
+            "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters()),
+            "seconds_per_step": seconds, "warmup_s": times[0], "peak_rss_gib": peak_rss_gib(),
+            "step_tflop": flops / 1e12, "achieved_gflop_per_s": flops / seconds / 1e9, "gemm_gflop_per_s": gemm / 1e9,
+            "fraction_of_gemm": flops / seconds / gemm, "losses": losses}
 
 
-def run_part(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--part", *args], capture_output=True, text=True, check=True)
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bf16_loss_difference(steps: int) -> dict:
+    """Loss after ``steps`` AdamW steps of the embedded-default Stage I in float32 and under
+    bf16 autocast, same seed and data."""
+    config = Stage1Config.tiny(num_codes_spatial=256, num_codes_temporal=256, codebook_init="normal")
+    clips = torch.rand(4, 3, 8, 64, 64, generator=torch.Generator().manual_seed(0))
+    losses, seconds = {}, {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = Stage1Model(config)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        start = time.perf_counter()
+        for _ in range(steps):
+            with autocast("cpu", precision):
+                loss = _loss(model, clips)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        seconds[precision] = time.perf_counter() - start
+        with torch.no_grad():
+            losses[precision] = float(_loss(model.eval(), clips))
+    return {"check": "bf16_vs_fp32_embedded_default", "steps": steps, "loss_fp32": losses["fp32"],
+            "loss_bf16": losses["bf16"], "relative_difference": abs(losses["bf16"] - losses["fp32"]) / losses["fp32"],
+            "seconds_fp32": seconds["fp32"], "seconds_bf16": seconds["bf16"]}
+
+
+def run_in_subprocess(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_stage1", "--part", *args],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"config": args[0], "error": out.stderr.strip().splitlines()[-1:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--part", nargs="*")
-    p.add_argument("--paper-frames", type=int, default=4)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--paper-frames", type=int, default=24)
     p.add_argument("--paper-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=1, help="timed steps after one warm-up step")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {CONFIGS} (+ -cl)")
+    p.add_argument("--layout", choices=("reference", "stcvq"), default="reference")
+    p.add_argument("--bf16-loss-steps", type=int, default=0)
+    p.add_argument("--part", nargs="*", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.part is not None:
-        kind, *rest = a.part
-        if kind == "train":
-            print(json.dumps(measure_train(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]))))
-        else:
-            print(json.dumps(measure_forward(rest[0], int(rest[1]), int(rest[2]), rest[3])))
+        name, layout, frames, size, steps = a.part
+        print(json.dumps(measure_step(name, layout, int(frames), int(size), int(steps))))
         return
-    import torch
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    tiny = run_part(["train", "tiny", "8", "64", str(max(a.steps, 5)), "4"])
-    print("train tiny  :", json.dumps(tiny))
-    paper = run_part(["train", "paper", str(a.paper_frames), str(a.paper_size), str(a.steps), "1"])
-    print("train paper :", json.dumps(paper))
-    print(f"paper / tiny seconds per step: {tiny['steps_per_s'] / paper['steps_per_s']:.1f}x")
-    fwd = {layout: run_part(["forward", layout, "8", "128", "paper"]) for layout in ("global", "factorized")}
-    for layout, r in fwd.items():
-        print(f"forward {layout:10s}:", json.dumps(r))
-    g, f = fwd["global"], fwd["factorized"]
-    print(f"factorized / global: TFLOP {f['paper_24x256_tflop'] / g['paper_24x256_tflop']:.3f}, "
-          f"wall {f['forward_s'] / g['forward_s']:.3f}, params {f['paper_params_m'] / g['paper_params_m']:.3f}")
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    results = {}
+    for name in filter(None, a.configs.split(",")):
+        results[name] = run_in_subprocess([name, a.layout, str(a.paper_frames), str(a.paper_size), str(a.steps)])
+        print(json.dumps(results[name]), flush=True)
+    base = results.get("fp32", {})
+    for name, r in results.items():
+        if name != "fp32" and "seconds_per_step" in r and "seconds_per_step" in base:
+            print(json.dumps({"config": name, "time_vs_fp32": r["seconds_per_step"] / base["seconds_per_step"],
+                              "peak_rss_vs_fp32": r["peak_rss_gib"] / base["peak_rss_gib"]}), flush=True)
+    if a.bf16_loss_steps:
+        print(json.dumps(bf16_loss_difference(a.bf16_loss_steps)), flush=True)
 
 
 if __name__ == "__main__":

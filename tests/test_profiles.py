@@ -35,8 +35,9 @@ def test_paper_profile_builds_the_paper_stage1_model():
     stage1 = from_dict(Stage1Config, merged["stage1"]["model"])
     paper = Stage1Config.paper()
     for field in ("nf", "ch_mult", "num_res_blocks", "temporal_downsample", "latent_dim",
-                  "num_codes_spatial", "num_codes_temporal", "codebook_init"):
+                  "num_codes_spatial", "num_codes_temporal", "codebook_init", "layout"):
         assert getattr(stage1, field) == getattr(paper, field), field
+    assert stage1.layout == "reference"
 
 
 def test_unknown_key_is_refused(tmp_path, monkeypatch):

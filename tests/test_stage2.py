@@ -73,6 +73,25 @@ def test_frozen_parts_do_not_change_in_training_but_the_trained_parts_do(tmp_pat
     assert not torch.equal(trained.temporal_transformer.head.weight, head)
 
 
+def test_activation_checkpointing_trains_stage2_to_the_same_weights(tmp_path):
+    """TrainConfig.activation_checkpointing reaches the LQ encoder and changes no bit."""
+    stage1 = _stage1()
+    hq = torch.rand(4, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    data = TensorClips(hq, extra={"lq": (hq * 0.6).clamp(0, 1)})
+    weights = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = Stage2Model.from_stage1(stage1, Stage2Config.profile("tiny"))
+        cfg = TrainConfig(steps=2, batch_size=2, lr=1e-2, min_lr=1e-3, ema_decay=0, num_samples=0,
+                          activation_checkpointing=checkpointing)
+        result = train(Stage2Objective(model, stage1), data, cfg, tmp_path / str(checkpointing), val_batches=None)
+        assert result.model.lq_encoder.checkpointing is checkpointing
+        weights.append(result.model.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+
+
 def test_temporal_ce_trains_the_encoder_through_the_frozen_ta():
     model = Stage2Model.from_stage1(_stage1(), Stage2Config.profile("tiny"))
     out = model(torch.rand(2, 3, 4, 16, 16))

@@ -19,15 +19,22 @@ upsample coming last (at full resolution).
 Without gradients (inference), the layers outside the attention levels run a few frames at a
 time once a feature map exceeds ``chunk_bytes`` (:mod:`stcvq.nn.chunked`; same result, bounded
 memory). ``chunk_bytes = None`` runs every layer whole.
+
+With gradients and ``checkpointing`` on, each residual block (with its attention), each
+resampling layer and the output head keep only their input for the backward pass and run again
+there (:func:`torch.utils.checkpoint.checkpoint`): the same gradients for about one more
+forward of compute, and only the block inputs held instead of every intermediate map.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from . import chunked
 from .blocks import AttentionLayout, Downsample3d, Layout, ResBlock3d, Upsample3d, attention_block, group_norm
@@ -53,9 +60,36 @@ def crop_clip(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return x[..., :t, :h, :w]
 
 
-class Encoder3d(nn.Module):
-    chunk_bytes: int | None = CHUNK_BYTES
+class _Stack(nn.Module):
+    """What the encoder and decoder share: how one of their layers runs (chunked without
+    gradients, optionally checkpointed with them) and the output head."""
 
+    chunk_bytes: int | None = CHUNK_BYTES
+    checkpointing: bool = False
+    norm_out: nn.GroupNorm
+    conv_out: nn.Conv3d
+    activate_out: bool
+
+    def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """``fn(h)``; with ``checkpointing`` on and gradients recorded, ``fn``'s intermediate maps
+        are recomputed in the backward pass instead of kept."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, h, use_reentrant=False)
+        return fn(h)
+
+    def _layer(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return self._run(partial(chunked.run, layer, budget_bytes=self.chunk_bytes), h)
+
+    def _block(self, block: nn.Module, attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        return self._run(lambda x: attn(chunked.run(block, x, self.chunk_bytes)), h)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        head = partial(chunked.run, self.conv_out, budget_bytes=self.chunk_bytes, norm=self.norm_out,
+                       activate=self.activate_out)
+        return self._run(head, h)
+
+
+class Encoder3d(_Stack):
     def __init__(
         self,
         in_channels: int,
@@ -86,24 +120,21 @@ class Encoder3d(nn.Module):
                 level.attns.append(attention_block(width, attn_layout, attn_heads) if i == last else nn.Identity())
             level.down = Downsample3d(width, temporal_downsample[i], layout) if i < last else nn.Identity()
             self.levels.append(level)
-        self.mid = nn.Sequential(ResBlock3d(width, width), attention_block(width, attn_layout, attn_heads), ResBlock3d(width, width))
+        self.mid = nn.Sequential(ResBlock3d(width, width), attention_block(width, attn_layout, attn_heads),
+                                 ResBlock3d(width, width))
         self.norm_out = group_norm(width)
         self.conv_out = nn.Conv3d(width, latent_dim, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        budget = self.chunk_bytes
-        h = chunked.run(self.conv_in, x, budget)
+        h = chunked.run(self.conv_in, x, self.chunk_bytes)
         for level in self.levels:
             for block, attn in zip(level.blocks, level.attns):
-                h = attn(chunked.run(block, h, budget))
-            h = chunked.run(level.down, h, budget)
-        h = self.mid(h)
-        return chunked.run(self.conv_out, h, budget, norm=self.norm_out, activate=self.activate_out)
+                h = self._block(block, attn, h)
+            h = self._layer(level.down, h)
+        return self._head(self._layer(self.mid, h))
 
 
-class Decoder3d(nn.Module):
-    chunk_bytes: int | None = CHUNK_BYTES
-
+class Decoder3d(_Stack):
     def __init__(
         self,
         out_channels: int,
@@ -125,7 +156,8 @@ class Decoder3d(nn.Module):
         attention_levels = {last, last - 1} if reference else {last}
         width = nf * ch_mult[last]
         self.conv_in = nn.Conv3d(latent_dim, width, 3, padding=1)
-        self.mid = nn.Sequential(ResBlock3d(width, width), attention_block(width, attn_layout, attn_heads), ResBlock3d(width, width))
+        self.mid = nn.Sequential(ResBlock3d(width, width), attention_block(width, attn_layout, attn_heads),
+                                 ResBlock3d(width, width))
         self.levels = nn.ModuleList()  # lowest resolution first
         for i in reversed(range(len(ch_mult))):
             level = nn.Module()
@@ -134,7 +166,8 @@ class Decoder3d(nn.Module):
             for _ in range(num_res_blocks):
                 level.blocks.append(ResBlock3d(width, nf * ch_mult[i]))
                 width = nf * ch_mult[i]
-                level.attns.append(attention_block(width, attn_layout, attn_heads) if i in attention_levels else nn.Identity())
+                attention = attention_block(width, attn_layout, attn_heads) if i in attention_levels else nn.Identity()
+                level.attns.append(attention)
             if reference:  # undoes the encoder's downsample after level i, at this level's end
                 level.up = Upsample3d(width, temporal_downsample[i]) if i < last else nn.Identity()
             else:  # undoes the encoder's downsample into level i, so the levels mirror the encoder's
@@ -144,10 +177,9 @@ class Decoder3d(nn.Module):
         self.conv_out = nn.Conv3d(width, out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        budget = self.chunk_bytes
-        h = self.mid(self.conv_in(z))
+        h = self._layer(self.mid, self.conv_in(z))
         for level in self.levels:
             for block, attn in zip(level.blocks, level.attns):
-                h = attn(chunked.run(block, h, budget))
-            h = chunked.run(level.up, h, budget)
-        return chunked.run(self.conv_out, h, budget, norm=self.norm_out, activate=self.activate_out)
+                h = self._block(block, attn, h)
+            h = self._layer(level.up, h)
+        return self._head(h)

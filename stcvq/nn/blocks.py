@@ -14,8 +14,8 @@ from torch import nn
 
 AttentionLayout = Literal["global", "factorized"]
 # ``stcvq``: this project's VQGAN layout. ``reference``: the layout of the published BFVR-STC
-# checkpoints (their VQAutoEncoder3D), kept only so those weights compute what they were
-# trained to compute; see stcvq/reference.py for every difference.
+# network (their VQAutoEncoder3D), which the paper profile trains and the published checkpoints
+# need; see stcvq/reference.py for every difference.
 Layout = Literal["stcvq", "reference"]
 
 
@@ -76,11 +76,55 @@ class Upsample3d(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head SDPA over (N, L, C) token sequences; memory stays linear in L with fused kernels."""
+# Scores held at once by the blocked attention backward: 32 MiB of float32.
+ATTENTION_BLOCK_ELEMENTS = 8 << 20
+
+
+class _GemmBackwardAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(d)) v: torch's fused forward, and a backward that recomputes the
+    scores for a block of queries at a time and runs as matrix products.
+
+    An alternative to torch's fused CPU backward, for machines where plain matrix products run
+    faster than it (README, "Training-step cost of the paper profile"). Memory stays linear in
+    the sequence length (one block of scores at a time), as with the fused kernel."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(q, k, v)
+        ctx.save_for_backward(q, k, v, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v, out = ctx.saved_tensors
+        grad_out = grad_out.to(q.dtype)
+        scale = q.shape[-1] ** -0.5
+        # D_i = dO_i . O_i: the softmax backward's per-query term, in float32
+        row_term = (grad_out.float() * out.float()).sum(-1, keepdim=True)
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        length = q.shape[-2]
+        block = max(1, ATTENTION_BLOCK_ELEMENTS // (k.shape[-2] * q[..., 0, 0].numel()))
+        k_t, v_t = k.transpose(-2, -1), v.transpose(-2, -1)
+        for a in range(0, length, block):
+            q_block, grad_block = q[..., a : a + block, :], grad_out[..., a : a + block, :]
+            probs = torch.matmul(q_block, k_t).float().mul_(scale).softmax(-1)
+            grad_v += torch.matmul(probs.to(v.dtype).transpose(-2, -1), grad_block)
+            grad_scores = torch.matmul(grad_block, v_t).float().sub_(row_term[..., a : a + block, :]).mul_(probs)
+            grad_scores = grad_scores.mul_(scale).to(q.dtype)
+            grad_q[..., a : a + block, :] = torch.matmul(grad_scores, k)
+            grad_k += torch.matmul(grad_scores.transpose(-2, -1), q_block)
+        return grad_q, grad_k, grad_v
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, gemm_backward: bool = False) -> torch.Tensor:
+    """Multi-head SDPA over (N, L, C) token sequences; memory stays linear in L with fused kernels.
+    ``gemm_backward``: the backward pass as blocked matrix products (:class:`_GemmBackwardAttention`)."""
     n, length, channels = q.shape
     split = lambda t: t.reshape(n, length, heads, channels // heads).transpose(1, 2)  # noqa: E731
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    if gemm_backward and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out = _GemmBackwardAttention.apply(split(q), split(k), split(v))
+    else:
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v))
     return out.transpose(1, 2).reshape(n, length, channels)
 
 
@@ -91,7 +135,11 @@ class SelfAttention3d(nn.Module):
     ``global`` all t*h*w positions of a clip (the reference behaviour, cost grows with (t*h*w)^2);
     ``spatial`` the h*w positions of one latent frame; ``temporal`` the t frames at one position.
     ``residual=False`` returns the attention output alone (the published checkpoints' TA).
+    ``gemm_backward`` (off by default): the backward pass as blocked matrix products, see
+    :class:`_GemmBackwardAttention`; the same gradients up to float rounding.
     """
+
+    gemm_backward: bool = False
 
     def __init__(self, channels: int, tokens: Literal["global", "spatial", "temporal"] = "global", heads: int = 1,
                  norm_groups: int = 32, residual: bool = True):
@@ -116,13 +164,14 @@ class SelfAttention3d(nn.Module):
         if self.tokens == "global":  # (B, t*h*w, C); contiguous channels, else SDPA on CPU falls
             # back to its math kernel and materialises the (t*h*w)^2 attention matrix
             to_seq = lambda z: z.reshape(b, t * h * w, c).contiguous()  # noqa: E731
-            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads).reshape(b, t, h, w, c)
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads, self.gemm_backward).reshape(b, t, h, w, c)
         elif self.tokens == "spatial":  # (B*t, h*w, C)
             to_seq = lambda z: z.reshape(b * t, h * w, c).contiguous()  # noqa: E731
-            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads).reshape(b, t, h, w, c)
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads, self.gemm_backward).reshape(b, t, h, w, c)
         elif self.tokens == "temporal":  # (B*h*w, t, C)
             to_seq = lambda z: z.permute(0, 2, 3, 1, 4).reshape(b * h * w, t, c)  # noqa: E731
-            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads).reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4)
+            out = _attend(to_seq(q), to_seq(k), to_seq(v), self.heads, self.gemm_backward)
+            out = out.reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4)
         else:
             raise ValueError(f"unknown attention tokens {self.tokens!r}")
         out = F.linear(out.reshape(-1, c), self.proj.weight.flatten(1), self.proj.bias).reshape(b, t, h, w, c)

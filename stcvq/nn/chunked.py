@@ -10,10 +10,8 @@ frames give each output frame the same inputs, and the zero padding at the clip'
 added explicitly where the unchunked conv would add it.
 
 Speed: each chunk's conv input is written once, straight into one channels-last buffer (zero
-frames at the clip's ends included), which oneDNN's convs read without reordering. Built by
-concatenation and then copied to change the layout, it had cost a fifth of the CPU time in a
-profile of the paper profile at 24 x 256^2, and ``torch.var_mean`` over grouped channels
-another 6% (see _channel_moments).
+frames at the clip's ends included), which oneDNN's convs read without reordering; building it
+by concatenation and a layout copy costs far more (README "How the time came down").
 
 Only layers that are local in time can be chunked; attention blocks run whole.
 """
@@ -150,7 +148,8 @@ def _chunked_conv(conv: nn.Conv3d, source: _ConvInput, chunk: int, out: torch.Te
 
 
 def _out_size(conv: nn.Conv3d, size: tuple[int, ...], pad_end: bool = False) -> tuple[int, ...]:
-    return tuple((n + 2 * p + pad_end - k) // s + 1 for n, k, s, p in zip(size, conv.kernel_size, conv.stride, conv.padding))
+    geometry = zip(size, conv.kernel_size, conv.stride, conv.padding)
+    return tuple((n + 2 * p + pad_end - k) // s + 1 for n, k, s, p in geometry)
 
 
 def _empty(x: torch.Tensor, channels: int, size: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -246,7 +245,8 @@ def frames_per_chunk(module: nn.Module, x: torch.Tensor, budget_bytes: int | Non
     elif isinstance(module, (Downsample3d, nn.Conv3d)):
         conv = module.conv if isinstance(module, Downsample3d) else module
         pad_end = isinstance(module, Downsample3d) and module.pad_end
-        frames_out, frame_area = _out_size(conv, x.shape[2:], pad_end)[0], area * conv.stride[0]  # input frames per output frame
+        frames_out = _out_size(conv, x.shape[2:], pad_end)[0]
+        frame_area = area * conv.stride[0]  # input frames per output frame
     else:
         return None
     channels = max(x.shape[1], *(m.out_channels for m in module.modules() if isinstance(m, nn.Conv3d)))

@@ -71,7 +71,8 @@ class PerceptualLoss(nn.Module):
 
     def __init__(self, features: VGG19Features, layer_weights: dict[str, float] | None = None):
         super().__init__()
-        self.layer_weights = layer_weights or {"relu1_2": 0.1, "relu2_2": 0.1, "relu3_4": 1.0, "relu4_4": 1.0, "relu5_4": 1.0}
+        self.layer_weights = layer_weights or {"relu1_2": 0.1, "relu2_2": 0.1, "relu3_4": 1.0, "relu4_4": 1.0,
+                                               "relu5_4": 1.0}
         unknown = set(self.layer_weights) - set(RELU_INDEX)
         if unknown:
             raise ValueError(f"unknown VGG19 layers {sorted(unknown)}; known: {sorted(RELU_INDEX)}")

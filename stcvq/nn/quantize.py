@@ -14,14 +14,10 @@ Regularisers (the paper's section on codebook collapse, Eq. 6):
           L_KL = KL(P_post || U) = sum_n p_n log(p_n * N). Differentiable in both the latents
           (so the encoder and, for the temporal codebook, TA get gradient) and the codes.
           ``power`` = 1 is Eq. 6 as printed. With hundreds of codes the inverse distances are
-          nearly flat (nearest vs farthest code within a factor of a few), so P_post stays
-          close to uniform even when the argmin usage has collapsed (KL 1.4e-4 against 1.31 for
-          the argmin usage of an earlier embedded-default Stage I; benchmarks/bench_mpr_sharpness.py).
-          A larger power sharpens s towards the argmin assignment. Measured at small scale
-          (benchmarks/bench_stage1_mpr.py, README "Codebook use"): from a ``normal`` codebook
-          init MPR raises spatial usage over ``none`` on every seed (temporal less), power 4 more
-          than power 1; from
-          VQGAN's ``uniform`` init (every code within 1/N of the origin) it does not.
+          nearly flat (nearest vs farthest code within a factor of a few), so P_post can stay
+          close to uniform while the argmin usage collapses (benchmarks/bench_mpr_sharpness.py).
+          A larger power sharpens s towards the argmin assignment. How much each choice raises
+          codebook use, by init (``normal`` vs VQGAN's ``uniform``): README "Codebook use".
 Under DDP the marginal is summed over all processes, so the regulariser is that of the global
 batch (and a two-process run matches a one-process run with the same global batch).
 """

@@ -239,6 +239,12 @@ class Stage2Model(nn.Module):
     def lq_encoder(self) -> nn.Module:
         return self.vqgan.encoder
 
+    def set_activation_checkpointing(self, enabled: bool) -> "Stage2Model":
+        """Recompute the LQ encoder's blocks in the backward pass (the transformers are small
+        beside it at 512^2): the same gradients for about one more encoder forward."""
+        self.vqgan.set_activation_checkpointing(enabled)
+        return self
+
     def freeze_stage1(self) -> "Stage2Model":
         """Freeze C_S, C_T, TA, fusion and decoder; the LQ encoder and transformers train."""
         self.vqgan.requires_grad_(False)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import check, from_dict, to_dict
 from .autoencoder import Decoder3d, Encoder3d, crop_clip, pad_clip
+from .blocks import Layout, SelfAttention3d
 from .export import load_model_weights, read_model_config, save_model_folder
 from .quantize import VectorQuantizer
 from .temporal import Fusion, TemporalLatent
@@ -53,9 +54,9 @@ class Stage1Config:
     residual_window: int = 1
     ta_heads: int = 1
     fusion: Literal["add", "conv", "fft3d"] = "add"
-    # stcvq: this project's VQGAN. reference: the published BFVR-STC checkpoints' layout
-    # (stcvq/reference.py lists the differences); only for running or fine-tuning those weights.
-    layout: Literal["stcvq", "reference"] = "stcvq"
+    # stcvq: this project's VQGAN. reference: the published network's layout (stcvq/reference.py
+    # lists the differences): the paper profile's, and the one the published checkpoints need.
+    layout: Layout = "stcvq"
 
     def __post_init__(self) -> None:
         check(len(self.ch_mult) >= 1, "ch_mult needs at least one level")
@@ -82,9 +83,12 @@ class Stage1Config:
         return 2 ** sum(bool(f) for f in self.temporal_downsample)
 
     @classmethod
-    def paper(cls, **overrides) -> "Stage1Config":
-        """The paper's profile (DESIGN.md section 2): nf 32, [1,2,4,8], x8 spatial, x2 temporal."""
-        return cls(**overrides)
+    def paper(cls, layout: Layout = "reference", **overrides) -> "Stage1Config":
+        """The paper's profile: nf 32, [1,2,4,8], x8 spatial, x2 temporal, in the published
+        network's layout (39.32 M parameters, the reference VQAutoEncoder3D's count); stcvq's
+        own fixes live outside the layout and stay on. ``layout="stcvq"``: this project's VQGAN
+        at the same sizes (41.3 M)."""
+        return cls(layout=layout, **overrides)
 
     @classmethod
     def tiny(cls, **overrides) -> "Stage1Config":
@@ -121,12 +125,37 @@ class Stage1Model(nn.Module):
         self.reference = c.layout == "reference"
         self.encoder = Encoder3d(c.in_channels, **arch)
         self.temporal = TemporalLatent(c.latent_dim, c.ta_heads, c.residual_window, reference=self.reference)
-        vq = dict(beta=c.beta, regularizer=c.regularizer, reg_weight=c.reg_weight, reg_eps=c.reg_eps, reg_power=c.reg_power,
-                  init=c.codebook_init, init_std=c.codebook_init_std)
+        vq = dict(beta=c.beta, regularizer=c.regularizer, reg_weight=c.reg_weight, reg_eps=c.reg_eps,
+                  reg_power=c.reg_power, init=c.codebook_init, init_std=c.codebook_init_std)
         self.spatial_codebook = VectorQuantizer(c.num_codes_spatial, c.latent_dim, **vq)
         self.temporal_codebook = VectorQuantizer(c.num_codes_temporal, c.latent_dim, **vq)
         self.fusion = Fusion(c.fusion, c.latent_dim)
         self.decoder = Decoder3d(c.in_channels, **arch)
+        self.channels_last = False
+
+    # -- training options: how the same network runs, not what it computes ------------------
+    def set_activation_checkpointing(self, enabled: bool) -> "Stage1Model":
+        """Recompute each encoder and decoder block in the backward pass instead of keeping its
+        intermediate maps: the same gradients for about one more forward of compute."""
+        self.encoder.checkpointing = self.decoder.checkpointing = bool(enabled)
+        return self
+
+    def set_gemm_attention_backward(self, enabled: bool) -> "Stage1Model":
+        """Run the encoder's and decoder's attention backward as blocked matrix products instead
+        of torch's fused kernel (:class:`stcvq.nn.blocks.SelfAttention3d`). The same gradients
+        up to float rounding."""
+        for net in (self.encoder, self.decoder):
+            for module in net.modules():
+                if isinstance(module, SelfAttention3d):
+                    module.gemm_backward = bool(enabled)
+        return self
+
+    def set_channels_last(self, enabled: bool) -> "Stage1Model":
+        """Hold conv weights and feature maps channels-last (N, T, H, W, C in memory): oneDNN's
+        convs then read and write them without reordering copies, and attention's tokens are a
+        view. Results equal the default layout's up to float rounding."""
+        self.channels_last = bool(enabled)
+        return self.to(memory_format=torch.channels_last_3d if enabled else torch.contiguous_format)
 
     # -- the four steps ---------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +168,8 @@ class Stage1Model(nn.Module):
             raise ValueError(f"expected (B, {self.config.in_channels}, T, H, W), got {tuple(x.shape)}")
         # the reference layout reads [0, 1] as it is; stcvq's centres it on zero
         x = pad_clip(x if self.reference else x * 2 - 1, self.config.temporal_factor, self.config.spatial_factor)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.encoder(x)
 
     def temporal_latent(self, z: torch.Tensor) -> torch.Tensor:
@@ -154,7 +185,9 @@ class Stage1Model(nn.Module):
 
     def lookup(self, indices_spatial: torch.Tensor, indices_temporal: torch.Tensor) -> torch.Tensor:
         """Fused latent from code indices (Stage II inference)."""
-        return self.fusion(self.spatial_codebook.lookup(indices_spatial), self.temporal_codebook.lookup(indices_temporal))
+        spatial = self.spatial_codebook.lookup(indices_spatial)
+        temporal = self.temporal_codebook.lookup(indices_temporal)
+        return self.fusion(spatial, temporal)
 
     def decode(self, z_q: torch.Tensor, size: tuple[int, int, int] | None = None) -> torch.Tensor:
         """Latent -> clip in [0, 1] (not clamped; a sigmoid in the reference layout); ``size`` =

@@ -1,0 +1,114 @@
+"""Stage II training step of the paper profile: seconds and peak RSS per transformer config.
+
+    .venv/bin/python -m benchmarks.bench_stage2_train                      # 24 x 512^2, both configs
+    .venv/bin/python -m benchmarks.bench_stage2_train --frames 8 --size 128 --configs fp32-ckpt
+
+One step is what Stage II trains: the frozen Stage I target (encode + quantize of the HQ clip,
+no gradient), the LQ encoder and both lookup transformers forward, cross-entropy on both code
+maps plus the weighted latent MSE, backward, and an AdamW update of the trainable parameters.
+Both published transformer configs run: ``bfvr`` (9 layers x 2 heads) and ``deflicker``
+(6 layers x 4 heads), each configuration in a fresh process so its peak RSS is its own.
+Configurations: ``fp32`` or ``bf16`` (CPU autocast), then any of ``-gemm`` (the LQ encoder's
+attention backward as blocked matrix products), ``-ckpt`` (activation checkpointing of the LQ
+encoder's blocks) and ``-cl`` (channels-last 3D Stage I layers). Random weights: the cost does
+not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from stcvq.bench import peak_rss_gib
+from stcvq.nn.restorer import Stage2Config, Stage2Model
+from stcvq.nn.runtime import autocast
+from stcvq.nn.vqgan import Stage1Model
+
+TASKS = ("bfvr", "deflicker")
+CONFIGS = ("fp32-ckpt",)
+
+
+def _loss(model: Stage2Model, target: Stage1Model, hq: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        q = target.quantize(target.encode(hq))
+    out = model(lq)
+    ce = F.cross_entropy(out.logits_spatial.float(), q.indices_spatial)
+    ce = ce + F.cross_entropy(out.logits_temporal.float(), q.indices_temporal)
+    code = F.mse_loss(out.latent.float(), q.z_q.float())
+    return model.config.lambda_ce * ce + model.config.code_weight * code
+
+
+def measure_step(task: str, config_name: str, frames: int, size: int, steps: int, device: str = "cpu") -> dict:
+    precision, *options = config_name.split("-")
+    config = Stage2Config.profile("paper", task, clip_length=frames, size=size)
+    torch.manual_seed(0)
+    model = Stage2Model(config)
+    model.vqgan.set_activation_checkpointing("ckpt" in options).set_gemm_attention_backward("gemm" in options)
+    model.vqgan.set_channels_last("cl" in options)
+    model = model.to(device)
+    target = Stage1Model(config.stage1).eval().requires_grad_(False).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=2e-5)
+    hq = torch.rand(1, 3, frames, size, size, device=device)
+    lq = torch.rand(1, 3, frames, size, size, device=device)
+    times, losses = [], []
+    for _ in range(steps + 1):  # the first step warms up
+        _sync(device)
+        start = time.perf_counter()
+        with autocast(device, precision):
+            loss = _loss(model, target, hq, lq)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        losses.append(float(loss.detach()))
+    spatial = config.spatial
+    extra = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30} if device.startswith("cuda") else {}
+    return {**extra, "task": task, "config": config_name,
+            "transformer": f"{spatial.layers} layers x {spatial.heads} heads",
+            "clip": [frames, size, size], "threads": torch.get_num_threads(),
+            "trainable_parameters": sum(p.numel() for p in trainable), "seconds_per_step": sum(times[1:]) / steps,
+            "warmup_s": times[0], "peak_rss_gib": peak_rss_gib(), "losses": losses}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_in_subprocess(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_stage2_train", "--part", *args],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"task": args[0], "config": args[1], "error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=1, help="timed steps after one warm-up step")
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: fp32|bf16 [-gemm] [-cl] [-ckpt]")
+    p.add_argument("--part", nargs="*", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.part is not None:
+        task, name, frames, size, steps = a.part
+        print(json.dumps(measure_step(task, name, int(frames), int(size), int(steps))))
+        return
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    for task in a.tasks.split(","):
+        for name in a.configs.split(","):
+            print(json.dumps(run_in_subprocess([task, name, str(a.frames), str(a.size), str(a.steps)])), flush=True)
+
+
+if __name__ == "__main__":
+    main()
