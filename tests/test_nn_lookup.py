@@ -70,6 +70,6 @@ def test_paper_size_parameter_count():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     width, ffn, codes, tokens = 256, 512, 1024, 64 * 64
     per_layer = (3 * width * width + 3 * width) + (width * width + width) + 4 * width + (2 * width * ffn + ffn + width)
-    fixed = (256 * width + width) + tokens * width + 2 * width + (width * codes + codes)
-    assert count(bfvr) == fixed + 9 * per_layer  # 6.08 M
+    fixed = tokens * width + 2 * width + width * codes  # published layout: no proj_in, head without bias
+    assert count(bfvr) == fixed + 9 * per_layer  # 6.06 M
     assert count(deflicker) == fixed + 6 * per_layer

@@ -9,7 +9,10 @@ import yaml
 from pipeline import profile
 from pipeline.common import PARAMS_FILE
 from stcvq.config import from_dict
+from stcvq.nn.restorer import Stage2Config
 from stcvq.nn.vqgan import Stage1Config
+from stcvq.stage2 import Stage2Params
+from stcvq.tasks import TASKS
 
 
 def _merged(name: str) -> dict:
@@ -49,3 +52,14 @@ def test_unknown_key_is_refused(tmp_path, monkeypatch):
         assert "stage1.model.nff" in str(err)
     else:
         raise AssertionError("an unknown key must be refused")
+
+
+def test_paper_profile_builds_the_paper_stage2_models():
+    merged = _merged("paper")
+    stage1 = from_dict(Stage1Config, merged["stage1"]["model"])
+    for task in TASKS:
+        arch = Stage2Params.for_task(merged["stage2"], task).model
+        built = Stage2Config.build(stage1, task, merged["clips"]["length"], merged["resolution"], arch)
+        paper = Stage2Config.profile("paper", task)
+        assert (built.spatial, built.temporal, built.lambda_ce) == (paper.spatial, paper.temporal, paper.lambda_ce)
+        assert built.spatial.layout == "reference" and built.motion_residual == "time"  # the fix is kept

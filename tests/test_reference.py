@@ -52,6 +52,17 @@ def test_expected_layout_equals_the_published_files(task):
     assert reference.check_layout("f.pth", meta, expected) == sorted(set(published) - set(used))
 
 
+@pytest.mark.parametrize("task", ["bfvr", "deflicker"])
+def test_paper_profile_is_the_published_network(task):
+    """The paper profile trains the published network: its weights have the published file's
+    keys and shapes, tensor for tensor (only the motion residual, which has no weights, differs)."""
+    with torch.device("meta"):
+        model = Stage2Model(Stage2Config.profile("paper", task))
+    assert model.config.motion_residual == "time"
+    published = {k: s for k, s in layout(task).items() if not k.startswith(reference.UNUSED_PREFIXES)}
+    assert reference.expected_layout(reference.stage2_rules(model)) == published
+
+
 def test_weight_rule_matches_the_fixture_probes():
     for name in ("bfvr", "deflicker"):
         for key, first8 in probes(name).items():

@@ -63,9 +63,10 @@ class LookupConfig:
 
     @classmethod
     def paper(cls, task: str = "bfvr", **overrides) -> "LookupConfig":
-        """Paper sizes: width 256, FFN 512, the task's depth (PAPER_TRANSFORMER_DEPTH)."""
+        """The paper's transformer: the published layout, width 256, FFN 512, the task's depth
+        (PAPER_TRANSFORMER_DEPTH)."""
         layers, heads = PAPER_TRANSFORMER_DEPTH[task]
-        return cls(**{"layers": layers, "heads": heads, **overrides})
+        return cls(**{"layers": layers, "heads": heads, "layout": "reference", **overrides})
 
 
 class TransformerBlock(nn.Module):

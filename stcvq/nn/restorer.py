@@ -70,13 +70,19 @@ class Stage2Arch:
     lambda_ce: float | None = None
     code_weight: float = 10.0
     residual_window: int | None = None
-    # stcvq: this project's transformers and motion residual along time. reference: the
-    # published checkpoints' transformers and residual (stcvq/reference.py lists the
-    # differences); only for running or fine-tuning those weights.
+    # stcvq: this project's transformers (an input projection, positions added to the tokens).
+    # reference: the published network's (CodeFormer's: positions added to queries and keys
+    # only, no input projection, a head without bias); the paper profile trains it.
     layout: Literal["stcvq", "reference"] = "stcvq"
+    # time: T_T's input has the motion residual along time (the fix, docs/design.md).
+    # reference: the published Stage II's residual over memory rows, which its weights were
+    # trained with; only for running or fine-tuning the imported checkpoints.
+    motion_residual: Literal["time", "reference"] = "time"
 
     def __post_init__(self) -> None:
         check(self.layout in ("stcvq", "reference"), f"layout must be stcvq or reference, got {self.layout!r}")
+        check(self.motion_residual in ("time", "reference"),
+              f"motion_residual must be time or reference, got {self.motion_residual!r}")
 
 
 @dataclass
@@ -144,7 +150,7 @@ class Stage2Config:
                    temporal=lookup(stage1.num_codes_temporal), clip_length=clip_length, size=size,
                    lambda_ce=arch.lambda_ce if arch.lambda_ce is not None else PAPER_LAMBDA_CE[task],
                    code_weight=arch.code_weight, residual_window=arch.residual_window,
-                   motion_residual="reference" if arch.layout == "reference" else "time")
+                   motion_residual=arch.motion_residual)
 
     @classmethod
     def profile(cls, name: str, task: str = "bfvr", **overrides) -> "Stage2Config":
@@ -183,8 +189,9 @@ class Stage2Profile:
 
 
 PROFILES: dict[str, Stage2Profile] = {
-    # the paper's: Stage I paper model, 24 x 512^2 clips, width 256, FFN 512, the paper's depths
-    "paper": Stage2Profile(Stage1Config.paper, 24, 512, Stage2Arch()),
+    # the paper's: the published network (Stage I and the transformers) on 24 x 512^2 clips, width
+    # 256, FFN 512, the paper's depths, with the motion residual along time
+    "paper": Stage2Profile(Stage1Config.paper, 24, 512, Stage2Arch(layout="reference")),
     # params.yaml's Stage II sizes (8 x 64^2 clips, width 64, 2 layers) on Stage1Config.tiny(),
     # whose codebooks have 64 codes; the pipeline builds the same sizes on its trained Stage I
     # (params.yaml stage1: 256 codes each), so only the logits heads differ
@@ -192,7 +199,8 @@ PROFILES: dict[str, Stage2Profile] = {
     # CPU-test-sized on Stage1Config.tiny(): 4 x 16^2 clips -> latent (2, 4, 4)
     "tiny": Stage2Profile(Stage1Config.tiny, 4, 16, Stage2Arch(width=16, ffn=32, layers=1, heads=2)),
     # the published checkpoints' network; its 64 x 64 position tables fix the input at 512^2
-    "reference": Stage2Profile(lambda: Stage1Config.paper(layout="reference"), 24, 512, Stage2Arch(layout="reference")),
+    "reference": Stage2Profile(lambda: Stage1Config.paper(layout="reference"), 24, 512,
+                               Stage2Arch(layout="reference", motion_residual="reference")),
 }
 
 
