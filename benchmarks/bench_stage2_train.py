@@ -10,7 +10,7 @@ Both published transformer configs run: ``bfvr`` (9 layers x 2 heads) and ``defl
 (6 layers x 4 heads), each configuration in a fresh process so its peak RSS is its own.
 Configurations: ``fp32`` or ``bf16`` (CPU autocast), then any of ``-gemm`` (the LQ encoder's
 attention backward as blocked matrix products), ``-ckpt`` (activation checkpointing of the LQ
-encoder's blocks) and ``-cl`` (channels-last 3D Stage I layers). Random weights: the cost does
+encoder's and both transformers' blocks) and ``-cl`` (channels-last 3D Stage I layers). Random weights: the cost does
 not depend on them.
 """
 
@@ -49,7 +49,8 @@ def measure_step(task: str, config_name: str, frames: int, size: int, steps: int
     config = Stage2Config.profile("paper", task, clip_length=frames, size=size)
     torch.manual_seed(0)
     model = Stage2Model(config)
-    model.vqgan.set_activation_checkpointing("ckpt" in options).set_gemm_attention_backward("gemm" in options)
+    model.set_activation_checkpointing("ckpt" in options)
+    model.vqgan.set_gemm_attention_backward("gemm" in options)
     model.vqgan.set_channels_last("cl" in options)
     model = model.to(device)
     target = Stage1Model(config.stage1).eval().requires_grad_(False).to(device)

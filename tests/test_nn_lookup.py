@@ -73,3 +73,31 @@ def test_paper_size_parameter_count():
     fixed = tokens * width + 2 * width + width * codes  # published layout: no proj_in, head without bias
     assert count(bfvr) == fixed + 9 * per_layer  # 6.06 M
     assert count(deflicker) == fixed + 6 * per_layer
+
+
+@pytest.mark.parametrize("layout", ["stcvq", "reference"])
+def test_checkpointing_gives_the_same_gradients_and_keeps_fewer_activations(layout):
+    config = LookupConfig(**{**TINY, "width": 8, "latent_dim": 8}, layout=layout)
+    latent = torch.randn(2, 8, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, 16, (2, 4, 4, 4), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    model = LookupTransformer(config)
+    runs = []
+    for checkpointing in (False, True):
+        model.checkpointing = checkpointing
+        model.zero_grad()
+        saved = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            saved += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = torch.nn.functional.cross_entropy(model(latent), target)
+        loss.backward()
+        runs.append((saved, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (saved_whole, grads), (saved_ckpt, grads_ckpt) = runs
+    assert saved_ckpt < saved_whole / 2, (saved_ckpt, saved_whole)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=0, atol=0, msg=name)

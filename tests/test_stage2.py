@@ -74,7 +74,8 @@ def test_frozen_parts_do_not_change_in_training_but_the_trained_parts_do(tmp_pat
 
 
 def test_activation_checkpointing_trains_stage2_to_the_same_weights(tmp_path):
-    """TrainConfig.activation_checkpointing reaches the LQ encoder and changes no bit."""
+    """TrainConfig.activation_checkpointing reaches the LQ encoder and both transformers and
+    changes no bit."""
     stage1 = _stage1()
     hq = torch.rand(4, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     data = TensorClips(hq, extra={"lq": (hq * 0.6).clamp(0, 1)})
@@ -86,6 +87,8 @@ def test_activation_checkpointing_trains_stage2_to_the_same_weights(tmp_path):
                           activation_checkpointing=checkpointing)
         result = train(Stage2Objective(model, stage1), data, cfg, tmp_path / str(checkpointing), val_batches=None)
         assert result.model.lq_encoder.checkpointing is checkpointing
+        assert result.model.spatial_transformer.checkpointing is result.model.temporal_transformer.checkpointing
+        assert result.model.temporal_transformer.checkpointing is checkpointing
         weights.append(result.model.state_dict())
     assert weights[0].keys() == weights[1].keys()
     for name, value in weights[0].items():

@@ -248,9 +248,10 @@ class Stage2Model(nn.Module):
         return self.vqgan.encoder
 
     def set_activation_checkpointing(self, enabled: bool) -> "Stage2Model":
-        """Recompute the LQ encoder's blocks in the backward pass (the transformers are small
-        beside it at 512^2): the same gradients for about one more encoder forward."""
+        """Recompute the LQ encoder's and both transformers' blocks in the backward pass: the
+        same gradients for about one more forward of each."""
         self.vqgan.set_activation_checkpointing(enabled)
+        self.spatial_transformer.checkpointing = self.temporal_transformer.checkpointing = bool(enabled)
         return self
 
     def freeze_stage1(self) -> "Stage2Model":
