@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_stage2_train                      # 24 x 512^2, both configs
     .venv/bin/python -m benchmarks.bench_stage2_train --frames 8 --size 128 --configs fp32-ckpt
+    .venv/bin/python -m benchmarks.bench_stage2_train --warmup 0 --configs fp32,bf16 --max-memory-gib 22
 
 One step is what Stage II trains: the frozen Stage I target (encode + quantize of the HQ clip,
 no gradient), the LQ encoder and both lookup transformers forward, cross-entropy on both code
@@ -12,12 +13,18 @@ Configurations: ``fp32`` or ``bf16`` (CPU autocast), then any of ``-gemm`` (the 
 attention backward as blocked matrix products), ``-ckpt`` (activation checkpointing of the LQ
 encoder's and both transformers' blocks) and ``-cl`` (channels-last 3D Stage I layers). Random weights: the cost does
 not depend on them.
+
+``--warmup 0`` times the first step (on CPU within about 1% of later ones: 605 s against 597 s
+for bfvr ``fp32-ckpt``), halving a run that takes 10-20 minutes per configuration here.
+``--max-memory-gib`` caps each configuration's address space, so one that does not fit ends
+with an allocation error line instead of pushing the machine into swap or the OOM killer.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -44,7 +51,8 @@ def _loss(model: Stage2Model, target: Stage1Model, hq: torch.Tensor, lq: torch.T
     return model.config.lambda_ce * ce + model.config.code_weight * code
 
 
-def measure_step(task: str, config_name: str, frames: int, size: int, steps: int, device: str = "cpu") -> dict:
+def measure_step(task: str, config_name: str, frames: int, size: int, steps: int, device: str = "cpu",
+                 warmup: int = 1) -> dict:
     precision, *options = config_name.split("-")
     config = Stage2Config.profile("paper", task, clip_length=frames, size=size)
     torch.manual_seed(0)
@@ -59,7 +67,7 @@ def measure_step(task: str, config_name: str, frames: int, size: int, steps: int
     hq = torch.rand(1, 3, frames, size, size, device=device)
     lq = torch.rand(1, 3, frames, size, size, device=device)
     times, losses = [], []
-    for _ in range(steps + 1):  # the first step warms up
+    for _ in range(warmup + steps):
         _sync(device)
         start = time.perf_counter()
         with autocast(device, precision):
@@ -75,8 +83,8 @@ def measure_step(task: str, config_name: str, frames: int, size: int, steps: int
     return {**extra, "task": task, "config": config_name,
             "transformer": f"{spatial.layers} layers x {spatial.heads} heads",
             "clip": [frames, size, size], "threads": torch.get_num_threads(),
-            "trainable_parameters": sum(p.numel() for p in trainable), "seconds_per_step": sum(times[1:]) / steps,
-            "warmup_s": times[0], "peak_rss_gib": peak_rss_gib(), "losses": losses}
+            "trainable_parameters": sum(p.numel() for p in trainable), "seconds_per_step": sum(times[warmup:]) / steps,
+            "warmup_steps": warmup, "warmup_s": sum(times[:warmup]), "peak_rss_gib": peak_rss_gib(), "losses": losses}
 
 
 def _sync(device: str) -> None:
@@ -85,10 +93,12 @@ def _sync(device: str) -> None:
 
 
 def run_in_subprocess(args: list[str]) -> dict:
+    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_stage2_train", "--part", *args],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        return {"task": args[0], "config": args[1], "error": out.stderr.strip().splitlines()[-1:]}
+        return {"task": args[0], "config": args[1], "error": out.stderr.strip().splitlines()[-1:],
+                "failed_after_s": round(time.perf_counter() - start, 1)}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -96,19 +106,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=24)
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--steps", type=int, default=1, help="timed steps after one warm-up step")
+    p.add_argument("--steps", type=int, default=1, help="timed steps after the warm-up")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (0: time the first step)")
+    p.add_argument("--max-memory-gib", type=float, help="address-space cap per configuration (RLIMIT_AS)")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated: fp32|bf16 [-gemm] [-cl] [-ckpt]")
     p.add_argument("--part", nargs="*", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.part is not None:
-        task, name, frames, size, steps = a.part
-        print(json.dumps(measure_step(task, name, int(frames), int(size), int(steps))))
+        task, name, frames, size, steps, warmup, cap = a.part
+        if float(cap) > 0:
+            limit = int(float(cap) * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        print(json.dumps(measure_step(task, name, int(frames), int(size), int(steps), warmup=int(warmup))))
         return
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
     for task in a.tasks.split(","):
         for name in a.configs.split(","):
-            print(json.dumps(run_in_subprocess([task, name, str(a.frames), str(a.size), str(a.steps)])), flush=True)
+            part = [task, name, str(a.frames), str(a.size), str(a.steps), str(a.warmup), str(a.max_memory_gib or 0)]
+            print(json.dumps({**run_in_subprocess(part), "max_memory_gib": a.max_memory_gib}), flush=True)
 
 
 if __name__ == "__main__":

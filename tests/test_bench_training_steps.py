@@ -28,8 +28,8 @@ def test_stage1_step_reports_time_memory_and_flops():
 
 
 def test_stage2_step_reports_time_and_memory():
-    run = bench_stage2_train.measure_step("deflicker", "fp32-ckpt", 2, 64, 1)
-    assert run["transformer"] == "6 layers x 4 heads"
+    run = bench_stage2_train.measure_step("deflicker", "fp32-ckpt", 2, 64, 1, warmup=0)
+    assert run["transformer"] == "6 layers x 4 heads" and run["warmup_steps"] == 0 and len(run["losses"]) == 1
     assert run["seconds_per_step"] > 0 and run["peak_rss_gib"] > 0
     assert all(math.isfinite(loss) for loss in run["losses"])
 
