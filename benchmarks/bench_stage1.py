@@ -17,7 +17,9 @@ kernels are not counted).
 At 24 x 256^2 on 2 threads a step takes one to three minutes, and each configuration runs two
 (warm-up and one timed): the default six take about 20-25 minutes. ``--bf16-loss-steps N``
 adds the loss difference of bf16 against float32 after N steps of the embedded-default Stage I
-(8 x 64^2, batch 4).
+(8 x 64^2, batch 4). ``--profile N`` runs one more step under torch.profiler after the timed
+ones and adds its N largest ops by self CPU time (seconds, share of the step, calls) to each
+configuration's line: where the step goes, without touching the timed figures.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def step_flops(config: Stage1Config, shape: tuple[int, ...]) -> int:
     return counter.get_total_flops()
 
 
-def measure_step(config_name: str, layout: str, frames: int, size: int, steps: int, device: str = "cpu") -> dict:
-    """One configuration's seconds per step, peak RSS and FLOP/s over the same-run GEMM."""
+def measure_step(config_name: str, layout: str, frames: int, size: int, steps: int, device: str = "cpu",
+                 profile_top: int = 0) -> dict:
+    """One configuration's seconds per step, peak RSS and FLOP/s over the same-run GEMM
+    (``profile_top`` > 0: plus the largest ops of one more, profiled, step)."""
     precision = config_name.split("-")[0]
     options = config_name.split("-")[1:]
     config = Stage1Config.paper(layout=layout)
@@ -63,19 +67,23 @@ def measure_step(config_name: str, layout: str, frames: int, size: int, steps: i
     model = model.set_gemm_attention_backward("gemm" in options).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=7e-5)
     x = torch.rand(shape, device=device)
-    times, cpu_times, losses = [], [], []
-    for _ in range(steps + 1):  # the first step warms up allocator and kernels
-        _sync(device)
-        start, start_cpu = time.perf_counter(), time.process_time()
+    def step() -> float:
         with autocast(device, precision):
             loss = _loss(model, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         _sync(device)
+        return float(loss.detach())
+
+    times, cpu_times, losses = [], [], []
+    for _ in range(steps + 1):  # the first step warms up allocator and kernels
+        _sync(device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        losses.append(step())
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - start_cpu)
-        losses.append(float(loss.detach()))
+    top_ops = profile_ops(step, profile_top) if profile_top else None
     seconds, cpu_seconds = sum(times[1:]) / steps, sum(cpu_times[1:]) / steps
     flops = step_flops(config, shape)
     gemm_dtype = {"fp32": "float32"}.get(precision, precision)
@@ -91,7 +99,22 @@ def measure_step(config_name: str, layout: str, frames: int, size: int, steps: i
             "threads": torch.get_num_threads(), "parameters": sum(p.numel() for p in model.parameters()),
             "seconds_per_step": seconds, "warmup_s": times[0], "peak_rss_gib": peak_rss_gib(),
             "step_tflop": flops / 1e12, "achieved_gflop_per_s": flops / seconds / 1e9, "gemm_gflop_per_s": gemm / 1e9,
-            "fraction_of_gemm": flops / seconds / gemm, "losses": losses}
+            "fraction_of_gemm": flops / seconds / gemm, "losses": losses,
+            **({"profile": top_ops} if top_ops is not None else {})}
+
+
+def profile_ops(step, top: int) -> list[dict]:
+    """The ``top`` ops of one ``step()`` by self CPU time (backward ops included, by their
+    autograd names), with their share of the profiled step's total self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 2),
+             "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in events[:top]]
 
 
 def _sync(device: str) -> None:
@@ -140,16 +163,18 @@ def main() -> None:
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {CONFIGS} (+ -cl)")
     p.add_argument("--layout", choices=("reference", "stcvq"), default="reference")
     p.add_argument("--bf16-loss-steps", type=int, default=0)
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="add the N largest ops of one profiled step")
     p.add_argument("--part", nargs="*", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.part is not None:
-        name, layout, frames, size, steps = a.part
-        print(json.dumps(measure_step(name, layout, int(frames), int(size), int(steps))))
+        name, layout, frames, size, steps, top = a.part
+        print(json.dumps(measure_step(name, layout, int(frames), int(size), int(steps), profile_top=int(top))))
         return
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
     results = {}
     for name in filter(None, a.configs.split(",")):
-        results[name] = run_in_subprocess([name, a.layout, str(a.paper_frames), str(a.paper_size), str(a.steps)])
+        part = [name, a.layout, str(a.paper_frames), str(a.paper_size), str(a.steps), str(a.profile)]
+        results[name] = run_in_subprocess(part)
         print(json.dumps(results[name]), flush=True)
     base = results.get("fp32", {})
     for name, r in results.items():
