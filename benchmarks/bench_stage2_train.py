@@ -1,4 +1,4 @@
-"""Stage II training step of the paper profile: seconds and peak RSS per transformer config.
+"""Stage II training step of the paper profile: seconds, peak RSS, FLOPs, FLOP/s over GEMM.
 
     .venv/bin/python -m benchmarks.bench_stage2_train                      # 24 x 512^2, both configs
     .venv/bin/python -m benchmarks.bench_stage2_train --frames 8 --size 128 --configs fp32-ckpt
@@ -12,7 +12,9 @@ Both published transformer configs run: ``bfvr`` (9 layers x 2 heads) and ``defl
 Configurations: ``fp32`` or ``bf16`` (CPU autocast), then any of ``-gemm`` (the LQ encoder's
 attention backward as blocked matrix products), ``-ckpt`` (activation checkpointing of the LQ
 encoder's and both transformers' blocks) and ``-cl`` (channels-last 3D Stage I layers). Random weights: the cost does
-not depend on them.
+not depend on them. As in ``bench_stage1``, the step's FLOPs are counted on the meta device
+(attention as matrix products, recomputation not counted) and set against a 2048^3 GEMM of the
+same dtype measured in the same process after the steps.
 
 ``--warmup 0`` times the first step (on CPU within about 1% of later ones: 605 s against 597 s
 for bfvr ``fp32-ckpt``), halving a run that takes 10-20 minutes per configuration here.
@@ -31,8 +33,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-from stcvq.bench import peak_rss_gib
+from stcvq.bench import gemm_flops_per_s, peak_rss_gib
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 from stcvq.nn.runtime import autocast
 from stcvq.nn.vqgan import Stage1Model
@@ -49,6 +52,17 @@ def _loss(model: Stage2Model, target: Stage1Model, hq: torch.Tensor, lq: torch.T
     ce = ce + F.cross_entropy(out.logits_temporal.float(), q.indices_temporal)
     code = F.mse_loss(out.latent.float(), q.z_q.float())
     return model.config.lambda_ce * ce + model.config.code_weight * code
+
+
+def step_flops(config: Stage2Config, frames: int, size: int) -> int:
+    """FLOPs of one step's forward + backward (the frozen target's forward included), counted on
+    the meta device."""
+    with torch.device("meta"):
+        model, target = Stage2Model(config), Stage1Model(config.stage1).eval().requires_grad_(False)
+        hq, lq = torch.empty(1, 3, frames, size, size), torch.empty(1, 3, frames, size, size)
+    with FlopCounterMode(display=False) as counter:
+        _loss(model, target, hq, lq).backward()
+    return counter.get_total_flops()
 
 
 def measure_step(task: str, config_name: str, frames: int, size: int, steps: int, device: str = "cpu",
@@ -78,13 +92,18 @@ def measure_step(task: str, config_name: str, frames: int, size: int, steps: int
         _sync(device)
         times.append(time.perf_counter() - start)
         losses.append(float(loss.detach()))
+    seconds = sum(times[warmup:]) / steps
+    flops = step_flops(config, frames, size)
+    gemm = gemm_flops_per_s({"fp32": "float32"}.get(precision, precision), device)
     spatial = config.spatial
     extra = {"peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30} if device.startswith("cuda") else {}
     return {**extra, "task": task, "config": config_name,
             "transformer": f"{spatial.layers} layers x {spatial.heads} heads",
             "clip": [frames, size, size], "threads": torch.get_num_threads(),
-            "trainable_parameters": sum(p.numel() for p in trainable), "seconds_per_step": sum(times[warmup:]) / steps,
-            "warmup_steps": warmup, "warmup_s": sum(times[:warmup]), "peak_rss_gib": peak_rss_gib(), "losses": losses}
+            "trainable_parameters": sum(p.numel() for p in trainable), "seconds_per_step": seconds,
+            "warmup_steps": warmup, "warmup_s": sum(times[:warmup]), "peak_rss_gib": peak_rss_gib(),
+            "step_tflop": flops / 1e12, "achieved_gflop_per_s": flops / seconds / 1e9, "gemm_gflop_per_s": gemm / 1e9,
+            "fraction_of_gemm": flops / seconds / gemm, "losses": losses}
 
 
 def _sync(device: str) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import bench_gpu, bench_stage1, bench_stage2_train
+from stcvq.nn.restorer import Stage2Config
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 
 
@@ -27,9 +28,12 @@ def test_stage1_step_reports_time_memory_and_flops():
     assert math.isclose(run["fraction_of_gemm"], run["achieved_gflop_per_s"] / run["gemm_gflop_per_s"])
 
 
-def test_stage2_step_reports_time_and_memory():
+def test_stage2_step_reports_time_memory_and_flops():
     run = bench_stage2_train.measure_step("deflicker", "fp32-ckpt", 2, 64, 1, warmup=0)
     assert run["transformer"] == "6 layers x 4 heads" and run["warmup_steps"] == 0 and len(run["losses"]) == 1
+    config = Stage2Config.profile("paper", "deflicker", clip_length=2, size=64)
+    assert math.isclose(run["step_tflop"], bench_stage2_train.step_flops(config, 2, 64) / 1e12)
+    assert math.isclose(run["fraction_of_gemm"], run["achieved_gflop_per_s"] / run["gemm_gflop_per_s"])
     assert run["seconds_per_step"] > 0 and run["peak_rss_gib"] > 0
     assert all(math.isfinite(loss) for loss in run["losses"])
 
