@@ -29,6 +29,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -67,6 +68,7 @@ def measure_step(config_name: str, layout: str, frames: int, size: int, steps: i
     model = model.set_gemm_attention_backward("gemm" in options).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=7e-5)
     x = torch.rand(shape, device=device)
+
     def step() -> float:
         with autocast(device, precision):
             loss = _loss(model, x)
@@ -103,7 +105,7 @@ def measure_step(config_name: str, layout: str, frames: int, size: int, steps: i
             **({"profile": top_ops} if top_ops is not None else {})}
 
 
-def profile_ops(step, top: int) -> list[dict]:
+def profile_ops(step: Callable[[], float], top: int) -> list[dict]:
     """The ``top`` ops of one ``step()`` by self CPU time (backward ops included, by their
     autograd names), with their share of the profiled step's total self time."""
     from torch.profiler import ProfilerActivity, profile
