@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _autograd import with_saved_bytes
 
 from stcvq.nn.lookup import LookupConfig, LookupTransformer
 
@@ -86,15 +87,7 @@ def test_checkpointing_gives_the_same_gradients_and_keeps_fewer_activations(layo
     for checkpointing in (False, True):
         model.checkpointing = checkpointing
         model.zero_grad()
-        saved = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal saved
-            saved += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = torch.nn.functional.cross_entropy(model(latent), target)
+        loss, saved = with_saved_bytes(lambda: torch.nn.functional.cross_entropy(model(latent), target))
         loss.backward()
         runs.append((saved, {n: p.grad.clone() for n, p in model.named_parameters()}))
     (saved_whole, grads), (saved_ckpt, grads_ckpt) = runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _autograd import with_saved_bytes
 
 from stcvq.nn import blocks
 from stcvq.nn.blocks import SelfAttention3d
@@ -44,22 +45,10 @@ def test_activation_checkpointing_gives_the_same_gradients(layout):
 def test_activation_checkpointing_keeps_fewer_maps_for_backward():
     """Checkpointed, the autograd graph holds the block inputs only: far fewer saved bytes."""
     x = torch.rand(1, 3, 4, 32, 32)
-
-    def saved_bytes(model: Stage1Model) -> int:
-        total = 0
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x)
-        return total
-
     model = _model("reference")
-    whole = saved_bytes(model)
-    checkpointed = saved_bytes(model.set_activation_checkpointing(True))
+    _, whole = with_saved_bytes(lambda: model(x))
+    model.set_activation_checkpointing(True)
+    _, checkpointed = with_saved_bytes(lambda: model(x))
     assert checkpointed < whole / 2, (checkpointed, whole)
 
 
