@@ -29,7 +29,7 @@ test: env
 # Per-metric drift of the working tree's metrics from git HEAD's (DRIFT_ARGS="--run" re-runs the
 # pipeline first, "--against REV" names another commit); exits 1 past a tolerance.
 drift: env
-	$(BIN)/python -m pipeline.drift $(DRIFT_ARGS)
+	$(BIN)/python -m tools.drift $(DRIFT_ARGS)
 
 clean-env:
 	rm -rf $(VENV)

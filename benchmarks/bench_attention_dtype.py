@@ -5,7 +5,7 @@
 Times torch's fused scaled_dot_product_attention on the paper profile's Stage II shape at
 512^2 (12 latent frames of 64x64 = 4096 tokens, width 256 in 2 heads; the lookup transformers
 attend within each frame) in float32 and bf16, with the same-dtype GEMM measured in the same run
-(:func:`stcvq.bench.gemm_flops_per_s`). Prints one JSON object: GFLOP/s of each, and the bf16
+(:func:`stcvq.inference.bench.gemm_flops_per_s`). Prints one JSON object: GFLOP/s of each, and the bf16
 over float32 speed-up of each. Attention is about a quarter of the paper profile's FLOPs, so if
 it does not speed up in bf16, neither can the whole model by 2x.
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stcvq.bench import gemm_flops_per_s  # noqa: E402
+from stcvq.inference.bench import gemm_flops_per_s  # noqa: E402
 
 
 def attention_flops_per_s(dtype: torch.dtype, batch: int, heads: int, tokens: int, head_dim: int,

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_curation.py [--workers 2 1] [--params params.yaml]
 
-Runs ingest -> crop -> orientation -> text -> motion (stcvq.curate.curate, what the DVC stages
+Runs ingest -> crop -> orientation -> text -> motion (stcvq.data.curate.curate, what the DVC stages
 run) in a temporary folder with the curation sections of params.yaml, once per worker count.
 ``frames`` = frames of the videos the stage measured (the kept rows it received);
 ``fps`` = frames / stage seconds. ``speedup`` = seconds with the first worker count's run
@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from stcvq.config import from_dict
-from stcvq.curate import STAGES, CurationConfig, curate
+from stcvq.data.curate import STAGES, CurationConfig, curate
 
 ROOT = Path(__file__).resolve().parent.parent
 

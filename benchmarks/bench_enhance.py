@@ -33,11 +33,11 @@ def bench(*args: str) -> dict:
 
 def bf16_difference() -> dict:
     """bf16 vs float32 output of the embedded-default model on the first frames of a real clip."""
-    from stcvq import video
-    from stcvq.bench import build_bench_model, dtype_output_difference
-    from stcvq.curate.ingest import embedded_source_dir
-    from stcvq.enhance import WholeFrame
-    from stcvq.frames import frames_to_tensor
+    from stcvq.data.curate.ingest import embedded_source_dir
+    from stcvq.inference.bench import build_bench_model, dtype_output_difference
+    from stcvq.inference.enhance import WholeFrame
+    from stcvq.media import video
+    from stcvq.media.frames import frames_to_tensor
     from stcvq.nn.restorer import Stage2Model
 
     trained = Path("models/stage2-bfvr")

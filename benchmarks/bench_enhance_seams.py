@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stcvq import video  # noqa: E402
-from stcvq.curate.ingest import embedded_source_dir  # noqa: E402
-from stcvq.enhance import StreamConfig, WholeFrame, restore_stream  # noqa: E402
+from stcvq.data.curate.ingest import embedded_source_dir  # noqa: E402
+from stcvq.inference.enhance import StreamConfig, WholeFrame, restore_stream  # noqa: E402
+from stcvq.media import video  # noqa: E402
 from stcvq.nn.restorer import Stage2Model  # noqa: E402
 
 

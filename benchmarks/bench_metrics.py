@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from stcvq.metrics import (
+from stcvq.evaluation.metrics import (
     akd,
     device_description,
     face_consistency,
@@ -41,12 +41,12 @@ from stcvq.metrics import (
     ssim,
     warping_error,
 )
-from stcvq.metrics.i3d import InceptionI3d
-from stcvq.metrics.identity import detect_boxes
-from stcvq.metrics.lpips import LPIPS
-from stcvq.metrics.raft import RAFT
-from stcvq.metrics.temporal import DISFlow, RAFTFlow, feature_statistics
-from stcvq.video import read_video
+from stcvq.evaluation.metrics.i3d import InceptionI3d
+from stcvq.evaluation.metrics.identity import detect_boxes
+from stcvq.evaluation.metrics.lpips import LPIPS
+from stcvq.evaluation.metrics.raft import RAFT
+from stcvq.evaluation.metrics.temporal import DISFlow, RAFTFlow, feature_statistics
+from stcvq.media.video import read_video
 
 
 def carphone_clip(frames: int, size: int) -> np.ndarray:

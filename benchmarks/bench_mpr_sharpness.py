@@ -19,9 +19,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stcvq.data import shard_batches  # noqa: E402
 from stcvq.nn.quantize import kl_to_uniform, marginal_similarity  # noqa: E402
 from stcvq.nn.vqgan import Stage1Model  # noqa: E402
+from stcvq.training.batches import shard_batches  # noqa: E402
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stcvq.bench import gemm_flops_per_s, peak_rss_gib
+from stcvq.inference.bench import gemm_flops_per_s, peak_rss_gib
 from stcvq.nn.runtime import autocast
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 

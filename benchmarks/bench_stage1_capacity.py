@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stcvq.config import from_dict  # noqa: E402
-from stcvq.data import ShardClips, shard_batches  # noqa: E402
 from stcvq.nn import quantize  # noqa: E402
-from stcvq.stage1 import Stage1TrainConfig, evaluate_stage1, train_stage1  # noqa: E402
+from stcvq.training.batches import ShardClips, shard_batches  # noqa: E402
+from stcvq.training.stage1 import Stage1TrainConfig, evaluate_stage1, train_stage1  # noqa: E402
 
 
 def identity_quantize(self, z: torch.Tensor) -> quantize.QuantizeResult:

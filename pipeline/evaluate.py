@@ -23,7 +23,9 @@ import torch
 
 from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
-from stcvq.evaluate import (
+from stcvq.data.shards import ClipDataset, index_name
+from stcvq.evaluation.metrics import load_models
+from stcvq.evaluation.score import (
     EvaluateConfig,
     EvaluateTaskConfig,
     PairedTestSet,
@@ -36,9 +38,7 @@ from stcvq.evaluate import (
     write_png,
 )
 from stcvq.io import write_json
-from stcvq.metrics import load_models
 from stcvq.nn.restorer import Stage2Model
-from stcvq.shards import ClipDataset, index_name
 from stcvq.tasks import TASKS
 
 

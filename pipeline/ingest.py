@@ -10,7 +10,7 @@ from typing import Sequence
 
 from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
-from stcvq.curate import IngestConfig, run_ingest, summary, write_manifest
+from stcvq.data.curate import IngestConfig, run_ingest, summary, write_manifest
 
 
 def main(argv: Sequence[str] | None = None) -> None:

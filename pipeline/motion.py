@@ -12,7 +12,7 @@ from typing import Sequence
 
 from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
-from stcvq.curate import MotionConfig, read_manifest, run_motion, summary, write_manifest
+from stcvq.data.curate import MotionConfig, read_manifest, run_motion, summary, write_manifest
 from stcvq.io import write_json
 
 

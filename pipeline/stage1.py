@@ -21,10 +21,10 @@ from typing import Any
 
 from pipeline.common import is_main_process, load_params, run_stage, setup_logging
 from stcvq.config import from_dict
-from stcvq.data import ShardClips, shard_batches
 from stcvq.io import atomic_folder, write_json
 from stcvq.nn.vqgan import Stage1Model
-from stcvq.stage1 import Stage1TrainConfig, evaluate_stage1, train_stage1
+from stcvq.training.batches import ShardClips, shard_batches
+from stcvq.training.stage1 import Stage1TrainConfig, evaluate_stage1, train_stage1
 
 
 def train_and_export(cfg: Stage1TrainConfig, train_index: Path, val_index: Path, run_dir: Path, model_dir: Path,

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from pipeline.common import is_main_process, load_params, run_stage, setup_logging
-from stcvq.data import ShardClips, has_member, shard_batches
 from stcvq.io import atomic_folder, write_json
 from stcvq.nn.vqgan import Stage1Model
-from stcvq.stage2 import Stage2Objective, Stage2Params, train_stage2
 from stcvq.tasks import TASKS
+from stcvq.training.batches import ShardClips, has_member, shard_batches
+from stcvq.training.stage2 import Stage2Objective, Stage2Params, train_stage2
 
 
 def parse_args() -> argparse.Namespace:

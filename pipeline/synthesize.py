@@ -16,10 +16,10 @@ import pandas as pd
 
 from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
-from stcvq.degrade import SynthesisConfig, WeightsUnavailable
+from stcvq.data.degrade import SynthesisConfig, WeightsUnavailable
+from stcvq.data.shards import ShardConfig
+from stcvq.data.synthesize import write_task_shards
 from stcvq.io import atomic_folder, write_json
-from stcvq.shards import ShardConfig
-from stcvq.synthesize import write_task_shards
 from stcvq.tasks import TASKS
 
 

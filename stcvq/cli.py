@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .tasks import TASKS
+from stcvq.tasks import TASKS
 
 # Containers ffmpeg muxes H.264 into (with the input's audio copied); a folder input's other
 # videos (.webm, .flv, ...) are written as NAME.mp4.
@@ -93,7 +93,7 @@ def embedded_default_notice(model, model_dir: Path) -> str | None:
 def _enhance_jobs(src: Path, dst: Path) -> tuple[list[tuple[Path, Path]], str | None]:
     """(input, output) pairs, or a usage problem found before any work. A folder of frames is
     one video; a folder of videos (and of frame folders) is one job each."""
-    from stcvq.video import VIDEO_SUFFIXES, is_frame_folder
+    from stcvq.media.video import VIDEO_SUFFIXES, is_frame_folder
 
     if src.is_dir() and not is_frame_folder(src):
         if dst.exists() and not dst.is_dir():
@@ -120,9 +120,9 @@ def _enhance_jobs(src: Path, dst: Path) -> tuple[list[tuple[Path, Path]], str | 
 
 
 def _enhance(args: argparse.Namespace) -> int:
-    from stcvq.enhance import StreamConfig, enhance_file
-    from stcvq.faces import FaceModelError
-    from stcvq.video import VideoError
+    from stcvq.faces.detection import FaceModelError
+    from stcvq.inference.enhance import StreamConfig, enhance_file
+    from stcvq.media.video import VideoError
 
     jobs, problem = _enhance_jobs(Path(args.input), Path(args.output))
     if problem:
@@ -156,7 +156,7 @@ def _enhance(args: argparse.Namespace) -> int:
 
 
 def _bench_enhance(args: argparse.Namespace) -> int:
-    from stcvq.bench import bench_enhance
+    from stcvq.inference.bench import bench_enhance
 
     result = bench_enhance(
         profile=args.profile, task=args.task, frames=args.frames, size=args.size, attention=args.attention,
@@ -168,12 +168,12 @@ def _bench_enhance(args: argparse.Namespace) -> int:
 
 
 def _import_reference(args: argparse.Namespace) -> int:
-    from stcvq import reference
+    from stcvq.published import reference
 
     if (args.checkpoint is None) == (args.download is None):
         raise SystemExit("import-reference: give a checkpoint file or --download TASK (one of them)")
     if args.download is not None:
-        from stcvq.download import RELEASE_BASE_URL, DownloadError, fetch_release
+        from stcvq.published.download import RELEASE_BASE_URL, DownloadError, fetch_release
 
         task = args.download
         try:
@@ -199,9 +199,9 @@ def _import_reference(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from stcvq.evaluate import evaluate_paired
+    from stcvq.evaluation.metrics import load_models
+    from stcvq.evaluation.score import evaluate_paired
     from stcvq.io import write_json
-    from stcvq.metrics import load_models
 
     device = resolve_device(args.device)
     model = load_model(Path(args.model), device)

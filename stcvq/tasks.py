@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import check
+from stcvq.config import check
 
 # bfvr: blind face video restoration (blur, low resolution, noise, compression);
 # deflicker: brightness flicker; deflicker-pixel: AI-render pixel flicker.

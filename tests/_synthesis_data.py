@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from stcvq.video import read_video, write_video
+from stcvq.media.video import read_video, write_video
 
 
 def carphone_crop(carphone_path: Path, out: Path, *, size: int = 64, num_frames: int | None = None) -> Path:

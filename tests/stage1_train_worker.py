@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stcvq.data import TensorClips  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config  # noqa: E402
-from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1  # noqa: E402
-from stcvq.train import TrainConfig  # noqa: E402
+from stcvq.training.batches import TensorClips  # noqa: E402
+from stcvq.training.loop import TrainConfig  # noqa: E402
+from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1  # noqa: E402
 
 
 def synthetic_clips(n: int, t: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stcvq.data import TensorClips  # noqa: E402
 from stcvq.nn.restorer import Stage2Config  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config, Stage1Model  # noqa: E402
-from stcvq.stage2 import Stage2TrainConfig, train_stage2  # noqa: E402
-from stcvq.train import TrainConfig  # noqa: E402
+from stcvq.training.batches import TensorClips  # noqa: E402
+from stcvq.training.loop import TrainConfig  # noqa: E402
+from stcvq.training.stage2 import Stage2TrainConfig, train_stage2  # noqa: E402
 
 
 def clips(n: int, seed: int) -> dict[str, torch.Tensor]:

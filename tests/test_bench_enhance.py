@@ -1,4 +1,4 @@
-"""The enhancement cost measurements of stcvq.bench, on the tiny profile (no timing asserted)."""
+"""The enhancement cost measurements of stcvq.inference.bench, on the tiny profile (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from stcvq.bench import count_flops, dtype_output_difference
+from stcvq.inference.bench import count_flops, dtype_output_difference
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from _synthesis_data import carphone_crop, manifest_for
 
-from stcvq.clips import ClipConfig, assign_groups, iter_clip_frames, plan_clips, safe_key
 from stcvq.config import ConfigError, from_dict
-from stcvq.video import read_video, write_video
+from stcvq.data.clips import ClipConfig, assign_groups, iter_clip_frames, plan_clips, safe_key
+from stcvq.media.video import read_video, write_video
 
 
 @pytest.fixture(scope="module")

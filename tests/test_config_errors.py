@@ -12,7 +12,7 @@ import pytest
 from _dvc_stages import stage_args
 
 from stcvq.config import ConfigError, from_dict
-from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig
+from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from stcvq.curate import CurationConfig, curate, summary
-from stcvq.curate.ingest import embedded_source_dir
-from stcvq.video import probe, read_video
+from stcvq.data.curate import CurationConfig, curate, summary
+from stcvq.data.curate.ingest import embedded_source_dir
+from stcvq.media.video import probe, read_video
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_orientation_and_motion_measurements(stages):
 def test_x_only_side_ratio_calls_tilted_carphone_a_side_face(stages, monkeypatch):
     """Why roll correction is on: with the paper's image-x formula, carphone's ~30 degree head
     tilt pushes alpha past 2.5 in some frames, and a strict per-video rule drops it."""
-    from stcvq.curate import OrientationConfig, run_orientation
+    from stcvq.data.curate import OrientationConfig, run_orientation
 
     monkeypatch.chdir(stages[1])  # raw_path is relative to the run folder
     crop_rows = [r for r in stages[0]["crop"] if r["video_id"] == "carphone_pristine"]

@@ -15,12 +15,12 @@ from _dvc_stages import stage_argv
 from _synthesis_data import carphone_crop, manifest_for
 from imageio_ffmpeg import get_ffmpeg_exe
 
-from stcvq.clips import ClipConfig, plan_clips
 from stcvq.config import ConfigError, from_dict
-from stcvq.curate import IngestConfig
-from stcvq.curate.groups import fingerprint, near_duplicate_pairs
-from stcvq.curate.ingest import run_ingest
-from stcvq.video import probe, read_frames, read_video, write_video
+from stcvq.data.clips import ClipConfig, plan_clips
+from stcvq.data.curate import IngestConfig
+from stcvq.data.curate.groups import fingerprint, near_duplicate_pairs
+from stcvq.data.curate.ingest import run_ingest
+from stcvq.media.video import probe, read_frames, read_video, write_video
 
 
 def ffmpeg(*args: str) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stcvq.curate import CurationConfig, IngestConfig, curate, write_manifest
-from stcvq.curate.ingest import embedded_source_dir
-from stcvq.video import probe, write_video
+from stcvq.data.curate import CurationConfig, IngestConfig, curate, write_manifest
+from stcvq.data.curate.ingest import embedded_source_dir
+from stcvq.media.video import probe, write_video
 
 
 @pytest.fixture(scope="module")

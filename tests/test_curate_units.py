@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from stcvq.config import ConfigError, from_dict
-from stcvq.curate import manifest
-from stcvq.curate.crop import CropConfig, crop_box_from_track, face_proportion, face_track
-from stcvq.curate.ingest import burn_caption, colorfulness, safe_id
-from stcvq.curate.motion import MotionConfig, motion_intensity
-from stcvq.curate.orientation import OrientationConfig, is_side_face, side_ratio
-from stcvq.curate.text import PaddleOCRDetector, TextConfig, measure_text, polygon_fraction
-from stcvq.faces import FaceBox
+from stcvq.data.curate import manifest
+from stcvq.data.curate.crop import CropConfig, crop_box_from_track, face_proportion, face_track
+from stcvq.data.curate.ingest import burn_caption, colorfulness, safe_id
+from stcvq.data.curate.motion import MotionConfig, motion_intensity
+from stcvq.data.curate.orientation import OrientationConfig, is_side_face, side_ratio
+from stcvq.data.curate.text import PaddleOCRDetector, TextConfig, measure_text, polygon_fraction
+from stcvq.faces.detection import FaceBox
 
 # --- orientation: side ratio on hand-made landmarks -------------------------------------
 
@@ -191,8 +191,8 @@ def test_polygon_fraction():
 def test_text_rule_uses_score_threshold_and_box_size(monkeypatch, tmp_path):
     import importlib
 
-    text_module = importlib.import_module("stcvq.curate.text")
-    from stcvq.video import write_video
+    text_module = importlib.import_module("stcvq.data.curate.text")
+    from stcvq.media.video import write_video
 
     path = tmp_path / "v.mkv"
     write_video(path, [np.zeros((40, 40, 3), np.uint8)] * 3, 10, codec="ffv1", pix_fmt="rgb24")
@@ -285,8 +285,8 @@ def test_summary_counts_reason_categories():
 
 
 def test_runner_records_one_failure_and_keeps_the_rest():
-    from stcvq.curate.runner import run_stage
-    from stcvq.video import VideoError
+    from stcvq.data.curate.runner import run_stage
+    from stcvq.media.video import VideoError
 
     def measure(row, config):
         if row["video_id"] == "bad":
@@ -313,7 +313,7 @@ def crash_on_bad(row, config):
 
 
 def test_a_worker_that_dies_drops_only_its_video():
-    from stcvq.curate.runner import run_stage
+    from stcvq.data.curate.runner import run_stage
 
     rows = [manifest.new_row(video_id=v) for v in ("a", "bad", "c", "d")]
     out = run_stage("test", crash_on_bad, rows, 5, workers=2)

@@ -8,7 +8,7 @@ import pytest
 from _synthesis_data import build_tiny_upscaler
 
 from stcvq.config import ConfigError, from_dict
-from stcvq.degrade import (
+from stcvq.data.degrade import (
     BFVRConfig,
     BrightnessFlickerConfig,
     PixelFlickerConfig,
@@ -22,7 +22,7 @@ from stcvq.degrade import (
     pixel_flicker,
     synthesize_clip,
 )
-from stcvq.video import read_video, write_video
+from stcvq.media.video import read_video, write_video
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""stcvq.download against a local HTTP server on 127.0.0.1: resume, servers that ignore Range,
+"""stcvq.published.download against a local HTTP server on 127.0.0.1: resume, servers that ignore Range,
 dropped connections, 404s, and the release table and cache folder."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from stcvq.download import RELEASE_ASSETS, DownloadError, cache_dir, download, fetch_release, part_path
+from stcvq.published.download import RELEASE_ASSETS, DownloadError, cache_dir, download, fetch_release, part_path
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 

@@ -1,4 +1,4 @@
-"""pipeline.drift on small fake metric files: tolerances, statuses, exit codes, git revisions."""
+"""tools.drift on small fake metric files: tolerances, statuses, exit codes, git revisions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import drift
+from tools import drift
 
 COMMITTED = {
     "stage1.json": {"val_psnr": 21.67, "codebook_usage_spatial": 0.684, "step": 300, "perplexity_spatial": 80.0},

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stcvq import video
-from stcvq.enhance import (
+from stcvq.inference.enhance import (
     StreamConfig,
     WholeFrame,
     enhance_file,
@@ -16,6 +15,7 @@ from stcvq.enhance import (
     restore_stream,
     window_weights,
 )
+from stcvq.media import video
 
 
 class Identity:

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from stcvq import video
 from stcvq.cli import _enhance_jobs, embedded_default_notice, main
-from stcvq.enhance import StreamConfig, enhance_file
+from stcvq.inference.enhance import StreamConfig, enhance_file
+from stcvq.media import video
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +142,7 @@ def test_default_picks_face_crop_for_a_scene_and_whole_frame_for_a_face_crop(tmp
     assert "covers 22% of the frame" in scene.framing_reason
     crop = enhance_file(clips["face"], tmp_path / "crop.mp4", model, progress=False)
     assert crop.framing == "whole" and "already a face crop" in crop.framing_reason
-    logged = [r.getMessage() for r in caplog.records if r.name == "stcvq.enhance"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "stcvq.inference.enhance"]
     assert f"{clips['carphone']}: {scene.framing_reason}" in logged
     assert f"{clips['face']}: {crop.framing_reason}" in logged
 

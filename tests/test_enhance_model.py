@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from stcvq import video
-from stcvq.enhance import StreamConfig, WholeFrame, restore_stream
+from stcvq.inference.enhance import StreamConfig, WholeFrame, restore_stream
+from stcvq.media import video
 from stcvq.nn import chunked
 from stcvq.nn.blocks import Downsample3d, ResBlock3d, Upsample3d
 from stcvq.nn.restorer import Stage2Config, Stage2Model

@@ -1,4 +1,4 @@
-"""stcvq.evaluate: input vs output scoring of a test split, efficiency, temporal profiles, frame grids."""
+"""stcvq.evaluation.score: input vs output scoring of a test split, efficiency, temporal profiles, frame grids."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 from _dvc_stages import stage_argv
 
 from stcvq.config import ConfigError, from_dict
-from stcvq.evaluate import (
+from stcvq.evaluation.metrics import load_models
+from stcvq.evaluation.metrics.fidelity import PSNR_CAP_DB
+from stcvq.evaluation.score import (
     EvaluateConfig,
     evaluate_task,
     frame_grid,
@@ -20,11 +22,9 @@ from stcvq.evaluate import (
     to_uint8_video,
     write_png,
 )
-from stcvq.frames import frames_to_tensor
-from stcvq.metrics import load_models
-from stcvq.metrics.fidelity import PSNR_CAP_DB
+from stcvq.media.frames import frames_to_tensor
+from stcvq.media.video import read_video
 from stcvq.nn.restorer import Stage2Config, Stage2Model
-from stcvq.video import read_video
 
 
 class Identity:
@@ -180,7 +180,7 @@ def test_config_and_video_conversion():
 def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
     """pipeline.evaluate end to end on a tiny saved Stage II model and a two-clip test shard."""
     import pipeline.evaluate as stage
-    from stcvq.shards import ShardConfig, ShardWriter, encode_frames
+    from stcvq.data.shards import ShardConfig, ShardWriter, encode_frames
 
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)

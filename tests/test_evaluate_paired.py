@@ -19,11 +19,11 @@ from _dvc_stages import stage_argv
 
 from stcvq import cli
 from stcvq.config import ConfigError, from_dict
-from stcvq.evaluate import EvaluateConfig, PairedRestorer, evaluate_paired, paired_restorer, paired_videos
-from stcvq.metrics import load_models
+from stcvq.evaluation.metrics import load_models
+from stcvq.evaluation.score import EvaluateConfig, PairedRestorer, evaluate_paired, paired_restorer, paired_videos
+from stcvq.media.video import ffmpeg_exe, read_video
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 from stcvq.tasks import TASKS
-from stcvq.video import ffmpeg_exe, read_video
 
 ROOT = Path(__file__).resolve().parents[1]
 

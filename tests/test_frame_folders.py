@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stcvq import video
+from stcvq.media import video
 
 
 def dump_frames(

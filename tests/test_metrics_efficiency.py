@@ -1,4 +1,4 @@
-"""stcvq.metrics efficiency helpers: seconds per clip, frames per second, device."""
+"""stcvq.evaluation.metrics efficiency helpers: seconds per clip, frames per second, device."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from stcvq.metrics import device_description, time_clip
+from stcvq.evaluation.metrics import device_description, time_clip
 
 
 def test_time_clip_measures_a_known_delay():

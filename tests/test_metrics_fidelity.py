@@ -1,4 +1,4 @@
-"""stcvq.metrics fidelity (PSNR, SSIM, LPIPS) and the result type, on hand-made inputs."""
+"""stcvq.evaluation.metrics fidelity (PSNR, SSIM, LPIPS) and the result type, on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stcvq.metrics import MetricResult, load_lpips_or_reason, lpips, psnr, ssim, to_json
-from stcvq.metrics.lpips import LPIPS, load_lpips
-from stcvq.metrics.weights import WeightsError, load_state_dict
+from stcvq.evaluation.metrics import MetricResult, load_lpips_or_reason, lpips, psnr, ssim, to_json
+from stcvq.evaluation.metrics.lpips import LPIPS, load_lpips
+from stcvq.evaluation.metrics.weights import WeightsError, load_state_dict
 
 
 def _random_video(seed: int, shape=(3, 32, 40, 3)) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""stcvq.metrics identity metrics (AKD, IDS, Face-Cons) on the real carphone face video."""
+"""stcvq.evaluation.metrics identity metrics (AKD, IDS, Face-Cons) on the real carphone face video."""
 
 from __future__ import annotations
 
@@ -6,9 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
-from stcvq.metrics import ArcFaceEmbedder, DlibEmbedder, akd, embedder, face_consistency, identity_metrics, ids
-from stcvq.metrics.identity import ARCFACE_TEMPLATE, align_arcface, auto_upsample, detect_boxes, five_points
-from stcvq.video import read_video
+from stcvq.evaluation.metrics import (
+    ArcFaceEmbedder,
+    DlibEmbedder,
+    akd,
+    embedder,
+    face_consistency,
+    identity_metrics,
+    ids,
+)
+from stcvq.evaluation.metrics.identity import ARCFACE_TEMPLATE, align_arcface, auto_upsample, detect_boxes, five_points
+from stcvq.media.video import read_video
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +139,9 @@ def test_arcface_onnx_option_loads_and_embeds(tmp_path, carphone, boxes):
     assert isinstance(embed, ArcFaceEmbedder) and "ArcFace" in note
     vector = embed(carphone[0], boxes[0])
     # the same computation by hand: aligned crop, scaled to [-1, 1], channel means, @ W, unit norm
-    from stcvq import faces
+    from stcvq.faces import detection
 
-    crop = align_arcface(carphone[0], faces.landmarks68(carphone[0], boxes[0]))
+    crop = align_arcface(carphone[0], detection.landmarks68(carphone[0], boxes[0]))
     expected = (((crop.astype(np.float32) - 127.5) / 127.5).mean(axis=(0, 1)) @ weight).astype(np.float64)
     np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
     result = ids(carphone, carphone, embed, boxes)

@@ -1,4 +1,4 @@
-"""stcvq.metrics.suite: all per-video metrics in one call, means over a set, FVD accumulation."""
+"""stcvq.evaluation.metrics.suite: all per-video metrics in one call, means over a set, FVD accumulation."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from stcvq.metrics import FVDAccumulator, MetricResult, aggregate, load_models, to_json, video_metrics
-from stcvq.video import read_video
+from stcvq.evaluation.metrics import FVDAccumulator, MetricResult, aggregate, load_models, to_json, video_metrics
+from stcvq.media.video import read_video
 
 
 @pytest.fixture(scope="module")

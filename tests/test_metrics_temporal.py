@@ -1,4 +1,4 @@
-"""stcvq.metrics temporal metrics (flicker, flow, warping error, FVD) on hand-made inputs."""
+"""stcvq.evaluation.metrics temporal metrics (flicker, flow, warping error, FVD) on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from stcvq.metrics import (
+from stcvq.evaluation.metrics import (
     DISFlow,
     I3DFeatures,
     RAFTFlow,
@@ -20,7 +20,7 @@ from stcvq.metrics import (
     fvd,
     warping_error,
 )
-from stcvq.metrics.temporal import consistency_mask, feature_statistics, load_i3d_or_reason, mean_luma, warp
+from stcvq.evaluation.metrics.temporal import consistency_mask, feature_statistics, load_i3d_or_reason, mean_luma, warp
 
 
 def _texture(seed: int = 0, size: int = 160) -> np.ndarray:
@@ -256,7 +256,7 @@ def test_fvd_needs_two_videos_per_set(tmp_path):
 def test_fvd_with_a_plain_torch_inception_i3d_state_dict(tmp_path):
     from safetensors.torch import save_file
 
-    from stcvq.metrics.i3d import InceptionI3d
+    from stcvq.evaluation.metrics.i3d import InceptionI3d
 
     torch.manual_seed(0)
     model = InceptionI3d()
@@ -280,7 +280,7 @@ def test_fvd_with_a_plain_torch_inception_i3d_state_dict(tmp_path):
 
 
 def test_i3d_same_padding_and_shapes():
-    from stcvq.metrics.i3d import InceptionI3d, _same_pad
+    from stcvq.evaluation.metrics.i3d import InceptionI3d, _same_pad
 
     assert _same_pad(224, 7, 2) == (2, 3) and _same_pad(8, 3, 1) == (1, 1) and _same_pad(7, 2, 2) == (0, 1)
     with torch.inference_mode():
@@ -297,13 +297,13 @@ def test_broken_i3d_file_gives_a_reason(tmp_path):
 
 
 def test_raft_port_has_torchvisions_parameter_count():
-    from stcvq.metrics.raft import RAFT
+    from stcvq.evaluation.metrics.raft import RAFT
 
     assert sum(p.numel() for p in RAFT().parameters()) == 5_257_536  # torchvision's documented raft_large size
 
 
 def test_raft_correlation_lookup_order_and_values():
-    from stcvq.metrics.raft import CorrBlock, coords_grid
+    from stcvq.evaluation.metrics.raft import CorrBlock, coords_grid
 
     torch.manual_seed(0)
     block = CorrBlock(num_levels=2, radius=4)
@@ -320,7 +320,7 @@ def test_raft_correlation_lookup_order_and_values():
 
 
 def test_convex_upsampling_of_a_constant_flow():
-    from stcvq.metrics.raft import upsample_flow
+    from stcvq.evaluation.metrics.raft import upsample_flow
 
     flow = torch.ones(1, 2, 4, 5) * torch.tensor([1.5, -0.5]).view(1, 2, 1, 1)
     fine = upsample_flow(flow, torch.zeros(1, 576, 4, 5))
@@ -332,7 +332,7 @@ def test_convex_upsampling_of_a_constant_flow():
 
 
 def test_raft_state_dict_loads_through_the_flow_backend(tmp_path):
-    from stcvq.metrics.raft import RAFT
+    from stcvq.evaluation.metrics.raft import RAFT
 
     torch.manual_seed(0)
     model = RAFT()

@@ -66,10 +66,10 @@ def test_missing_backbone_turns_adversarial_loss_off(tmp_path, caplog):
 
 
 def test_training_step_with_discriminator_keeps_backbone_and_moves_heads(tmp_path):
-    from stcvq.data import TensorClips
     from stcvq.nn.vqgan import Stage1Config
-    from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
-    from stcvq.train import TrainConfig, load_state
+    from stcvq.training.batches import TensorClips
+    from stcvq.training.loop import TrainConfig, load_state
+    from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
 
     cfg = Stage1TrainConfig(
         model=Stage1Config.tiny(nf=4, ch_mult=(1, 2), temporal_downsample=(True,), latent_dim=8,

@@ -47,7 +47,7 @@ def test_repro_builds_shards_and_second_run_does_nothing(repo):
     dvc(repo, "repro", "synthesize")
     clips = json.loads((repo / "metrics/clips.json").read_text())
     assert clips["split_mode"] == "time" and all(clips["clips"][s] > 0 for s in ("train", "val", "test"))
-    from stcvq.shards import make_loader
+    from stcvq.data.shards import make_loader
 
     for task in TASKS:
         summary = json.loads((repo / f"metrics/synthesis-{task}.json").read_text())

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stcvq import resample, video
+from stcvq.media import resample, video
 
 
 def _pattern(h: int, w: int) -> np.ndarray:
@@ -80,7 +80,7 @@ lib = glob.glob(os.path.join(os.path.dirname(av.__file__), '..', 'av.libs', 'lib
 if not lib:
     print('no-bundled-libavutil'); sys.exit(0)
 ctypes.CDLL(lib[0]).av_force_cpu_flags(int(sys.argv[2]))
-from stcvq.video import read_frames
+from stcvq.media.video import read_frames
 h = hashlib.md5()
 for f in read_frames(sys.argv[1], stop=12):
     h.update(f.tobytes())

@@ -6,13 +6,13 @@ import copy
 
 import yaml
 
-from pipeline import profile
 from pipeline.common import PARAMS_FILE
 from stcvq.config import from_dict
 from stcvq.nn.restorer import Stage2Config
 from stcvq.nn.vqgan import Stage1Config
-from stcvq.stage2 import Stage2Params
 from stcvq.tasks import TASKS
+from stcvq.training.stage2 import Stage2Params
+from tools import profile
 
 
 def _merged(name: str) -> dict:

@@ -22,10 +22,10 @@ import pytest
 import torch
 from reference_fixtures import FIXTURE_CONFIG, layout, load, probes, rule_state_dict, rule_tensor
 
-from stcvq import reference
 from stcvq.nn.autoencoder import Decoder3d, Encoder3d
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Model
+from stcvq.published import reference
 
 TOL = 1e-4
 MARGIN = 1e-3

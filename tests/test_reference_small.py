@@ -19,11 +19,12 @@ import pytest
 import torch
 from reference_fixtures import rule_tensor
 
-from stcvq import reference, video
 from stcvq.cli import main
+from stcvq.media import video
 from stcvq.nn.export import read_provenance
 from stcvq.nn.restorer import Stage2Arch, Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Config
+from stcvq.published import reference
 
 
 def small_reference_config(task: str = "bfvr") -> Stage2Config:
@@ -107,10 +108,10 @@ def test_enhance_carphone_non_square(imported, carphone_path, tmp_path, mode):
 def test_train_stage2_on_an_imported_reference_stage1(tmp_path):
     """A reference-format Stage I file becomes a Stage I folder that Stage II trains on with
     stcvq's own transformers and residual along time; the imported parts stay frozen."""
-    from stcvq.data import TensorClips
     from stcvq.nn.vqgan import Stage1Model
-    from stcvq.stage2 import Stage2TrainConfig, train_stage2
-    from stcvq.train import TrainConfig
+    from stcvq.training.batches import TensorClips
+    from stcvq.training.loop import TrainConfig
+    from stcvq.training.stage2 import Stage2TrainConfig, train_stage2
 
     stage1_config = small_reference_config().stage1
     with torch.device("meta"):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from stcvq.shards import (
+from stcvq.data.shards import (
     ClipDataset,
     ShardConfig,
     ShardError,

@@ -11,11 +11,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stcvq.config import ConfigError
-from stcvq.data import TensorClips
 from stcvq.nn.restorer import PROFILES, Stage2Arch, Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
-from stcvq.stage2 import Stage2Objective, Stage2Params, Stage2TrainConfig
-from stcvq.train import TrainConfig, train
+from stcvq.training.batches import TensorClips
+from stcvq.training.loop import TrainConfig, train
+from stcvq.training.stage2 import Stage2Objective, Stage2Params, Stage2TrainConfig
 
 
 def _stage1(seed: int = 0) -> Stage1Model:

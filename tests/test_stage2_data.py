@@ -7,8 +7,8 @@ import json
 import numpy as np
 import torch
 
-from stcvq.data import ShardClips, has_member, shard_batches
-from stcvq.shards import ShardConfig, ShardWriter, encode_frames
+from stcvq.data.shards import ShardConfig, ShardWriter, encode_frames
+from stcvq.training.batches import ShardClips, has_member, shard_batches
 
 
 def write_samples(folder, count: int) -> None:

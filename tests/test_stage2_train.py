@@ -8,11 +8,11 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from stcvq.data import TensorClips
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
-from stcvq.stage2 import Stage2TrainConfig, train_stage2
-from stcvq.train import TrainConfig
+from stcvq.training.batches import TensorClips
+from stcvq.training.loop import TrainConfig
+from stcvq.training.stage2 import Stage2TrainConfig, train_stage2
 
 
 def _stage1() -> Stage1Model:
@@ -130,7 +130,7 @@ def test_a_run_left_by_other_code_starts_over(tmp_path, caplog):
     _run(tmp_path, steps=2, noisefree_steps=2)
     run_file = tmp_path / "run.json"
     recorded = json.loads(run_file.read_text())
-    assert {"stcvq.stage2", "stcvq.nn.lookup", "stcvq.train"} <= set(recorded["code"]["modules"])
+    assert {"stcvq.training.stage2", "stcvq.nn.lookup", "stcvq.training.loop"} <= set(recorded["code"]["modules"])
     with caplog.at_level(logging.INFO):
         _run(tmp_path, steps=2, noisefree_steps=2)  # same code: resumes the finished phases
     assert "resumed from" in caplog.text and "starting over" not in caplog.text

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from _synthesis_data import carphone_crop, manifest_for
 
-from stcvq.clips import ClipConfig, plan_clips
-from stcvq.degrade import PixelFlickerConfig, SynthesisConfig
-from stcvq.shards import ClipDataset, ShardConfig, ShardError, make_loader
-from stcvq.synthesize import write_task_shards
+from stcvq.data.clips import ClipConfig, plan_clips
+from stcvq.data.degrade import PixelFlickerConfig, SynthesisConfig
+from stcvq.data.shards import ClipDataset, ShardConfig, ShardError, make_loader
+from stcvq.data.synthesize import write_task_shards
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from stcvq.config import ConfigError, from_dict
-from stcvq.data import TensorClips
-from stcvq.train import (
+from stcvq.training.batches import TensorClips
+from stcvq.training.loop import (
     BatchStream,
     StepOutput,
     TrainConfig,
@@ -134,8 +134,9 @@ def test_killed_run_resumes_under_the_same_code_and_starts_over_under_changed_co
     killed = run_worker(out, *args, "--kill-at", "3", worker=worker)
     assert killed.returncode == -9, killed.stderr[-3000:]
     before = json.loads((out / "run.json").read_text())["code"]
-    assert {"stcvq.stage1", "stcvq.train", "stcvq.nn.vqgan", "stcvq.nn.losses", "stcvq.data"} <= set(before["modules"])
-    assert "stcvq.curate.text" not in before["modules"]
+    assert {"stcvq.training.stage1", "stcvq.training.loop", "stcvq.nn.vqgan", "stcvq.nn.losses",
+            "stcvq.training.batches"} <= set(before["modules"])
+    assert "stcvq.data.curate.text" not in before["modules"]
 
     resumed = run_worker(out, *args, worker=worker)  # same code: carries on from the step-2 checkpoint
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -191,7 +192,7 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path):
 def test_changed_config_starts_over_instead_of_resuming(tmp_path):
     """An ablation (another regulariser) must not resume the previous run's finished checkpoints."""
     from stcvq.nn.vqgan import Stage1Config
-    from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
+    from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
 
     def run(regularizer):
         cfg = Stage1TrainConfig(

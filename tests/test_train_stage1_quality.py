@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 def test_stage1_psnr_rises_on_carphone(tmp_path):
     from bench_stage1_mpr import carphone_clips
 
-    from stcvq.data import TensorClips
     from stcvq.nn.vqgan import Stage1Config
-    from stcvq.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
-    from stcvq.train import TrainConfig
+    from stcvq.training.batches import TensorClips
+    from stcvq.training.loop import TrainConfig
+    from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
 
     clips = carphone_clips()
     train, val = clips[:-10], clips[-6:]

@@ -11,7 +11,7 @@ back. Replicate padding keeps the padded border close to real content, so the bo
 the real area reconstruct as well as the interior. T = 1 becomes 2 identical frames.
 
 ``layout="reference"`` builds the published BFVR-STC checkpoints' layout instead (their
-VQAutoEncoder3D; every difference is listed in stcvq/reference.py): reference downsampling
+VQAutoEncoder3D; every difference is listed in stcvq/published/reference.py): reference downsampling
 kernels, no activation between the last GroupNorm and conv of either network, and a decoder
 whose two lowest levels both run at the latent resolution with attention, its temporal
 upsample coming last (at full resolution).

@@ -15,7 +15,7 @@ from torch import nn
 AttentionLayout = Literal["global", "factorized"]
 # ``stcvq``: this project's VQGAN layout. ``reference``: the layout of the published BFVR-STC
 # network (their VQAutoEncoder3D), which the paper profile trains and the published checkpoints
-# need; see stcvq/reference.py for every difference.
+# need; see stcvq/published/reference.py for every difference.
 Layout = Literal["stcvq", "reference"]
 
 

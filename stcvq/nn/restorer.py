@@ -18,7 +18,7 @@ clips and a :class:`Stage2Arch`), or from a named profile, :meth:`Stage2Config.p
 ``save_pretrained`` writes a self-contained folder (every weight inference needs, Stage I parts
 included; the HQ encoder is not needed for inference and is not stored) that
 ``Stage2Model.from_pretrained`` loads; ``Stage2Model(config)`` is a randomly initialised model
-(what ``stcvq bench enhance`` measures). The model is a :class:`stcvq.enhance.ClipRestorer`.
+(what ``stcvq bench enhance`` measures). The model is a :class:`stcvq.inference.enhance.ClipRestorer`.
 
 Resolution. The transformers' position tables are sized for the latent grid of the training
 clips (``Stage2Config.latent_grid``); another input size is a ValueError unless the model is

@@ -54,7 +54,7 @@ class Stage1Config:
     residual_window: int = 1
     ta_heads: int = 1
     fusion: Literal["add", "conv", "fft3d"] = "add"
-    # stcvq: this project's VQGAN. reference: the published network's layout (stcvq/reference.py
+    # stcvq: this project's VQGAN. reference: the published network's layout (stcvq/published/reference.py
     # lists the differences): the paper profile's, and the one the published checkpoints need.
     layout: Layout = "stcvq"
 

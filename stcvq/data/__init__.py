@@ -1,0 +1,1 @@
+"""Data preparation: raw videos -> curated manifest (curate/) -> clips -> degraded pairs -> shards."""

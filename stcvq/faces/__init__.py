@@ -1,0 +1,1 @@
+"""Faces: dlib detection, landmarks and descriptors (detection.py)."""

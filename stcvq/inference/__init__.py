@@ -1,0 +1,1 @@
+"""Inference: streaming enhancement of any video (enhance.py) and its cost (bench.py)."""

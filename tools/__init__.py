@@ -1,0 +1,1 @@
+"""Developer tools around the pipeline (not DVC stages): metric drift, profiles, plot rendering."""
