@@ -1,14 +1,18 @@
-"""dvc.yaml as DVC itself reads it: the installed dvc accepts the file (schema, interpolation,
+"""DVC as its users use it, with the installed dvc: it accepts dvc.yaml (schema, interpolation,
 the evaluate matrix), the evaluate matrix expands to every task x model x test set in params,
-and the `artifacts:` section lets the model registry fetch each model folder by name."""
+the `artifacts:` section lets the model registry fetch each model folder by name, and queued
+experiments (the README's ablation sweeps) run and show up in `dvc exp show`."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +110,35 @@ def test_dvc_artifacts_get_fetches_a_registered_model(tmp_path):
     got = tmp_path / "got"
     run(tmp_path, dvc, "artifacts", "get", str(repo), "stage2-deflicker", "-o", str(got))
     assert (got / "config.json").read_text() == "stage2-deflicker"
+
+
+@pytest.mark.slow
+def test_queued_experiments_run_and_show_up(tmp_path):
+    """`dvc exp run --queue -S ...` twice, `dvc queue start`, then both in `dvc exp show`: the
+    README's sweep mechanism on a one-stage project (a param squared), about 30 s."""
+    if not (BIN / "dvc").exists():
+        pytest.skip(f"dvc is not installed beside {sys.executable}")
+    dvc = str(BIN / "dvc")
+    (tmp_path / "params.yaml").write_text("x: 0\n")
+    square = ("import json, yaml; x = yaml.safe_load(open('params.yaml'))['x']; "
+              "json.dump({'square': x * x}, open('m.json', 'w'))")
+    dvc_yaml = {"stages": {"square": {"cmd": f'python -c "{square}"', "params": ["x"],
+                                      "metrics": [{"m.json": {"cache": False}}]}}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    run(tmp_path, "git", "init", "-q")
+    run(tmp_path, dvc, "init", "-q")
+    run(tmp_path, "git", "add", "-A")
+    run(tmp_path, "git", *GIT_USER, "commit", "-q", "-m", "square")
+    run(tmp_path, dvc, "exp", "run", "--queue", "-n", "two", "-S", "x=2")
+    run(tmp_path, dvc, "exp", "run", "--queue", "-n", "three", "-S", "x=3")
+    try:
+        run(tmp_path, dvc, "queue", "start", "-j", "1")
+        deadline = time.monotonic() + 240
+        while any(word in run(tmp_path, dvc, "queue", "status") for word in ("Queued", "Running")):
+            assert time.monotonic() < deadline, run(tmp_path, dvc, "queue", "status")
+            time.sleep(1)
+    finally:
+        subprocess.run([dvc, "queue", "stop"], cwd=tmp_path, capture_output=True, timeout=60)
+    rows = list(csv.DictReader(io.StringIO(run(tmp_path, dvc, "exp", "show", "--csv"))))
+    done = {r["Experiment"]: (r["x"], r["square"], r["State"]) for r in rows if r["Experiment"]}
+    assert done == {"two": ("2", "4", "Success"), "three": ("3", "9", "Success")}, rows
