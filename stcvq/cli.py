@@ -213,7 +213,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                  max_clips=args.max_videos, faces=not args.no_faces, device=device)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    # the file has metrics/<task>.json's schema; timings vary run to run, so they go to stdout
+    # the file has the evaluate stage's schema; timings vary run to run, so they go to stdout
     efficiency = report.pop("efficiency")
     write_json(args.output, report)
     print(json.dumps({"output": args.output, "task": report["task"], "videos": report["clips"],
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="Stage II folder (model.safetensors + config.json)")
     ev.add_argument("--lq", required=True, help="folder of degraded videos (or folders of frames)")
     ev.add_argument("--gt", required=True, help="folder of ground-truth videos, matched to --lq by name")
-    ev.add_argument("-o", "--output", required=True, help="JSON report, the schema of metrics/<task>.json")
+    ev.add_argument("-o", "--output", required=True, help="JSON report, the evaluate stage's schema")
     ev.add_argument("--frames", type=_int_range(1),
                     help="first frames scored per video (default: the model's clip length)")
     ev.add_argument("--size", type=_int_range(1), help="frames resized to SIZE x SIZE (default: the model's size)")

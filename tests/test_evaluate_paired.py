@@ -69,7 +69,8 @@ def _direct_psnr(lq_path: Path, gt_path: Path, frames: int, size: int) -> float:
 
 
 def _schema(report: dict) -> dict:
-    """The key structure of an evaluate report: what must match metrics/<task>.json."""
+    """The key structure of an evaluate report: what must match the evaluate stage's
+    metrics/evaluate/<task>/<model>-<testset>.json."""
     clip = report["per_clip"][0]
     return {"top": sorted(report), **{side: sorted(report[side]) for side in ("input", "output", "ground_truth")},
             "null_reasons": sorted(report["null_reasons"]), "details": sorted(report["details"]),
@@ -83,7 +84,8 @@ def test_cli_writes_the_pipelines_schema_and_the_direct_psnr(paired, model_dir, 
                    "-o", str(out), "--device", "cpu"])
     assert rc == 0
     report = json.loads(out.read_text())
-    assert _schema(report) == _schema(json.loads((ROOT / "metrics" / "bfvr.json").read_text()))
+    committed = ROOT / "metrics" / "evaluate" / "bfvr" / "stage2-test.json"
+    assert _schema(report) == _schema(json.loads(committed.read_text()))
     assert report["task"] == "bfvr" and report["clips"] == 1 and report["per_clip"][0]["key"] == "carphone"
     # defaults from the model's config: its clip length (4) and size (16)
     direct = _direct_psnr(paired / "lq" / "carphone.mp4", paired / "gt" / "carphone.mp4", 4, 16)

@@ -2,7 +2,7 @@
 
 Usage: python -m tools.drift [--against REV] [--run] [--tol PATTERN=VALUE ...] [--all]
 
-Compares every ``metrics/*.json`` (timings in ``metrics/efficiency/`` and per-clip lists are
+Compares every ``metrics/**/*.json`` (timings in ``metrics/efficiency/`` and per-clip lists are
 left out) as written in the working tree with the same files at git revision ``REV`` (default
 ``HEAD``, i.e. the committed results). ``--run`` first runs ``dvc repro`` (a clean clone rebuilds
 everything: about 12 minutes on an idle 2-core machine), so one command re-runs the pipeline and
@@ -154,10 +154,10 @@ def report(rows: list[dict], show_all: bool = False) -> str:
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     shown = [r for r in rows if show_all or r["status"] not in ("ignored",) and (r["status"] != "ok" or r["drift"])]
-    lines = [f"{'metric':<58} {'committed':>12} {'now':>12} {'drift':>10} {'tolerance':>9}  status"]
+    lines = [f"{'metric':<66} {'committed':>12} {'now':>12} {'drift':>10} {'tolerance':>9}  status"]
     for r in shown:
         drift = "" if r["drift"] is None else f"{r['drift']:+.4g}"
-        lines.append(f"{r['metric']:<58} {_fmt(r['committed']):>12} {_fmt(r['now']):>12} {drift:>10} "
+        lines.append(f"{r['metric']:<66} {_fmt(r['committed']):>12} {_fmt(r['now']):>12} {drift:>10} "
                      f"{str(r['tolerance']):>9}  {r['status']}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"{len(rows)} metrics: {summary}"

@@ -1,4 +1,4 @@
-"""The Stage I model: 3D VQGAN with a spatial and a temporal codebook (DESIGN.md section 1).
+"""The Stage I model: 3D VQGAN with a spatial and a temporal codebook (docs/design.md section 1).
 
 x (B, 3, T, H, W) in [0, 1] -> encode -> z (B, D, t, h, w)
   z_S = z                      -> spatial codebook C_S  -> indices_spatial
