@@ -305,7 +305,7 @@ def tune_cpu_allocator(mmap_threshold: int = 4 << 20) -> None:
     its first allocation): a fresh multi-GB feature map is otherwise first touched 4 KiB page
     by page, 3x slower. A fixed glibc mmap threshold: by default glibc raises it after large
     frees, mid-size buffers then stay on the heap, and peak RSS of a 240-frame video was 1.23x
-    that of a 24-frame one (0.96-1.04x with it fixed; README, "Enhancing a video"). Settings the
+    that of a 24-frame one (0.96-1.04x with it fixed; docs/benchmarks.md, "Enhancing"). Settings the
     user made in the environment win."""
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:

@@ -13,7 +13,7 @@ Each JSON leaf is one metric, named ``file:key.sub[index]``. Its tolerance is th
 :data:`TOLERANCES` whose pattern (fnmatch, case-sensitive) matches that name: an absolute
 number, ``"N%"`` relative to the committed value, or ``"ignore"``. ``--tol`` entries go before
 the built-in ones. Counts and settings must match exactly; learned quantities get room for
-float kernels that differ between CPUs and builds (README, "Reproducibility across machines").
+float kernels that differ between CPUs and builds (docs/reproducibility.md).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ METRICS = "metrics"
 # wrote one raw video differently, and a machine change alone should stay within that scale.
 TOLERANCES: list[tuple[str, float | str]] = [
     ("efficiency/*", "ignore"),
-    ("*:*per_clip*", "ignore"),  # per-clip values: the means below are what the README cites
+    ("*:*per_clip*", "ignore"),  # per-clip values: the means below are what docs/results.md cites
     ("*:*details*", 0),  # per-metric video counts and backends
     ("*psnr*", 0.5),  # dB
     ("*ssim*", 0.02),
