@@ -29,8 +29,8 @@ from stcvq.data.shards import ClipDataset, index_name
 from stcvq.evaluation.metrics import load_models
 from stcvq.evaluation.score import (
     EvaluateConfig,
+    EvaluateTestSetConfig,
     PairedTestSet,
-    TestSetConfig,
     evaluate_task,
     frame_grid,
     paired_restorer,
@@ -45,7 +45,7 @@ from stcvq.tasks import TASKS
 
 
 def load_test_set(
-    task: str, name: str, testset: TestSetConfig, model: Stage2Model, shards: Path, device: str
+    task: str, name: str, testset: EvaluateTestSetConfig, model: Stage2Model, shards: Path, device: str
 ) -> tuple[Any, Any, str]:
     """(samples, restorer, where they come from): the paired test set when the test set names
     folders, else the test split of the task's shards."""

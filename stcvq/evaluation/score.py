@@ -3,8 +3,8 @@
 Every clip is scored twice against its ground truth with :func:`stcvq.evaluation.metrics.video_metrics`:
 the degraded input (what you start from) and the restored output (what the model gives), then
 means over the clips (:func:`stcvq.evaluation.metrics.aggregate`), FVD over the whole set, and the time the
-model takes per clip. The result is one JSON-ready dict, ``metrics/evaluate/<task>/<model>-<testset>.json`` of
-the DVC stage.
+model takes per clip. The result is one JSON-ready dict, the DVC stage's
+``metrics/evaluate/<task>/<model>-<testset>.json``.
 
     report = evaluate_task(model, ClipDataset(index, batch_size=None, shuffle=False), load_models(), task="bfvr")
 
@@ -60,7 +60,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.]+")
 
 
 @dataclasses.dataclass(frozen=True)
-class TestSetConfig:
+class EvaluateTestSetConfig:
     """params.yaml ``evaluate.testsets.<name>``: where the scored clips come from. Both folders
     null: the test split of the task's shards. ``lq_dir`` + ``gt_dir``: a paired test set
     (degraded and ground-truth videos matched by name); ``{task}`` in either path stands for the
@@ -108,7 +108,8 @@ class EvaluateConfig:
     grid_frames: int = 4  # frames per row of the before/after grid
     device: str = "cpu"
     models: list[str] = dataclasses.field(default_factory=lambda: ["stage2"])
-    testsets: dict[str, TestSetConfig] = dataclasses.field(default_factory=lambda: {"test": TestSetConfig()})
+    testsets: dict[str, EvaluateTestSetConfig] = dataclasses.field(
+        default_factory=lambda: {"test": EvaluateTestSetConfig()})
 
     def __post_init__(self) -> None:
         check(bool(self.models), "evaluate.models must name at least one model")
@@ -119,8 +120,8 @@ class EvaluateConfig:
                            "the stage name evaluate@<task>-<model>-<testset>)")
             check(len(set(names)) == len(names), f"evaluate.{kind}: a name appears twice in {names}")
         object.__setattr__(self, "testsets", {
-            name: spec if isinstance(spec, TestSetConfig)
-            else from_dict(TestSetConfig, spec or {}, where=f"evaluate.testsets.{name}")
+            name: spec if isinstance(spec, EvaluateTestSetConfig)
+            else from_dict(EvaluateTestSetConfig, spec or {}, where=f"evaluate.testsets.{name}")
             for name, spec in self.testsets.items()})
         check(self.max_clips is None or self.max_clips >= 1,
               f"evaluate.max_clips must be >= 1 or null, got {self.max_clips}")
@@ -128,7 +129,7 @@ class EvaluateConfig:
               f"evaluate.profile_column must be in [0, 1], got {self.profile_column}")
         check(self.grid_frames >= 1, f"evaluate.grid_frames must be >= 1, got {self.grid_frames}")
 
-    def testset(self, name: str) -> TestSetConfig:
+    def testset(self, name: str) -> EvaluateTestSetConfig:
         check(name in self.testsets, f"evaluate.testsets: no test set {name!r}; known: {list(self.testsets)}")
         return self.testsets[name]
 
