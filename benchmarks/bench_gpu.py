@@ -1,11 +1,11 @@
-"""The GPU checks as one prepared run, for a session that is lent a device.
+"""The GPU checks as one prepared run on a machine with a CUDA device.
 
-No session has been lent one so far, so this script has never run on a GPU: expect to fix
-small things on first use, and keep its device time short (the default run is a few minutes;
-``--skip-*`` leaves parts out).
+The default run takes under two minutes on one H200 (``--skip-*`` leaves parts out); its
+figures are in docs/benchmarks.md, "First GPU run" (raw lines:
+docs/measurements/bench_gpu-h200.jsonl).
 
-On the device machine, python3 has torch, numpy, opencv, tqdm and safetensors but not PyAV,
-which ``stcvq.media.video`` imports. Carry a wheel (see /work/.library/device/README.md):
+On the project's device machine, python3 has torch, numpy, opencv, tqdm and safetensors but not
+PyAV, which ``stcvq.media.video`` imports. Carry a wheel:
 
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
@@ -20,8 +20,7 @@ Prints one JSON line per check:
 
 - ``stage1_train``: the real training loop (``train_stage1``) on the paper profile for a few
   steps under bf16 and under fp16 autocast (fp16 with its GradScaler), on 8 x 128^2 clips:
-  steps whose loss was not finite (the NaN guard's count), seconds, peak GPU memory; autocast
-  has not met a GPU before.
+  steps whose loss was not finite (the NaN guard's count), seconds, peak GPU memory.
 - ``stage1_step``: ``benchmarks/bench_stage1.py``'s training step of the paper profile's Stage I
   (the published network) at 24 x 256^2 on cuda: float32, bf16 autocast, bf16 with activation
   checkpointing, bf16 channels-last; seconds per step, peak GPU memory, FLOP/s over the same-run GEMM.
@@ -31,6 +30,8 @@ Prints one JSON line per check:
   paper profile at 24 x 512^2 on cuda, factorized and global attention, float32 / bf16 / fp16,
   best of 3 after a warm-up. The paper reports 2.995 s on an A100; the aim is under 1 s on an
   H100.
+- ``enhance_reference``: the same for the imported checkpoints' network (profile ``reference``),
+  float32 and bf16.
 
 Not covered: nccl with two processes needs two GPUs (one per rank); a one-GPU lease cannot run it.
 """

@@ -41,7 +41,7 @@ from stcvq.nn.runtime import autocast
 from stcvq.nn.vqgan import Stage1Model
 
 TASKS = ("bfvr", "deflicker")
-CONFIGS = ("fp32-ckpt", "bf16-ckpt")  # without checkpointing, fp32 needs more than 22 GiB here (README)
+CONFIGS = ("fp32-ckpt", "bf16-ckpt")  # without checkpointing, fp32 needs more than 22 GiB here (docs/benchmarks.md)
 
 
 def _loss(model: Stage2Model, target: Stage1Model, hq: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:

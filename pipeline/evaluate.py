@@ -1,11 +1,13 @@
-"""DVC stage `evaluate@<task>`: score the task's Stage II model on its test split.
+"""DVC stage `evaluate@<task>-<model>-<testset>`: score one model of a task on one test set.
 
-Usage: python -m pipeline.evaluate {bfvr|deflicker|deflicker-pixel} --shards data/shards/<task>
-           --metrics metrics/<task>.json --efficiency metrics/efficiency/<task>.json
-           --plots plots/evaluate-<task>
-Reads params evaluate, the model folder evaluate.tasks.<task>.model (models/stage2-<task> as
-committed) and the test split of the shards (<shards>/test-<task>.json), or the paired test set
-in evaluate.tasks.<task>.lq_dir / gt_dir when they are set. Writes
+Usage: python -m pipeline.evaluate {bfvr|deflicker|deflicker-pixel} --model models/<model>-<task>
+           --testset <testset> --shards data/shards/<task>
+           --metrics metrics/evaluate/<task>/<model>-<testset>.json
+           --efficiency metrics/efficiency/evaluate/<task>/<model>-<testset>.json
+           --plots plots/evaluate/<task>/<model>-<testset>
+dvc.yaml's matrix runs it for every task, every name in params evaluate.models and every test set
+in evaluate.testsets. Reads params evaluate, the model folder, and the test split of the shards
+(<shards>/test-<task>.json) or the paired test set that evaluate.testsets.<testset> names. Writes
   <metrics>                      input / output metrics, null_reasons (same bytes every run)
   <efficiency>                   seconds per clip, frames per second, device (a timing: kept
                                  apart so the file above only changes with results)
@@ -27,7 +29,7 @@ from stcvq.data.shards import ClipDataset, index_name
 from stcvq.evaluation.metrics import load_models
 from stcvq.evaluation.score import (
     EvaluateConfig,
-    EvaluateTaskConfig,
+    EvaluateTestSetConfig,
     PairedTestSet,
     evaluate_task,
     frame_grid,
@@ -43,18 +45,18 @@ from stcvq.tasks import TASKS
 
 
 def load_test_set(
-    task: str, chosen: EvaluateTaskConfig, model: Stage2Model, shards: Path, device: str
+    task: str, name: str, testset: EvaluateTestSetConfig, model: Stage2Model, shards: Path, device: str
 ) -> tuple[Any, Any, str]:
-    """(samples, restorer, where they come from): the paired test set when the params name one,
-    else the test split of the task's shards."""
-    if chosen.lq_dir is not None:
+    """(samples, restorer, where they come from): the paired test set when the test set names
+    folders, else the test split of the task's shards."""
+    if testset.paired:
+        lq_dir, gt_dir = testset.folders(task)
         try:
-            samples = PairedTestSet(chosen.lq_dir, chosen.gt_dir, chosen.frames or model.clip_length,
-                                    chosen.size or model.size)
+            samples = PairedTestSet(lq_dir, gt_dir, testset.frames or model.clip_length, testset.size or model.size)
         except ValueError as err:
-            raise SystemExit(f"params.yaml:evaluate.tasks.{task}: {err}") from None
+            raise SystemExit(f"params.yaml:evaluate.testsets.{name}: {err}") from None
         restorer = paired_restorer(model, samples.frames, samples.size, device)
-        return samples, restorer, f"{chosen.lq_dir} + {chosen.gt_dir}"
+        return samples, restorer, f"{lq_dir} + {gt_dir}"
     source = shards / index_name("test", task)
     samples = ClipDataset(source, batch_size=None, shuffle=False, on_error="skip")
     # a model of another clip size (e.g. an imported 512^2 one) sees the clips resized
@@ -80,24 +82,25 @@ def plot_worst_clip(report: dict[str, Any], samples, restorer, cfg: EvaluateConf
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task")
-    parser.add_argument("--shards", required=True, type=Path, help="the task's shard folder (its test split is scored)")
+    parser.add_argument("--model", required=True, type=Path, help="the Stage II model folder scored")
+    parser.add_argument("--testset", required=True, help="a name in params evaluate.testsets")
+    parser.add_argument("--shards", required=True, type=Path, help="the task's shard folder (its test split)")
     parser.add_argument("--metrics", required=True, type=Path, help="metrics written (JSON)")
     parser.add_argument("--efficiency", required=True, type=Path, help="timings written (JSON)")
     parser.add_argument("--plots", required=True, type=Path, help="folder the plots are written to")
     args = parser.parse_args(argv)
     task = args.task
-    log = setup_logging(f"evaluate@{task}")
+    log = setup_logging(f"evaluate {args.model} on {args.testset}")
     if task not in TASKS:
         raise SystemExit(f"unknown task {task!r}; known: {list(TASKS)}")
     cfg = from_dict(EvaluateConfig, load_params("evaluate")["evaluate"], where="params.yaml:evaluate")
-    chosen = cfg.task(task)
-    model = Stage2Model.from_pretrained(chosen.model, map_location=cfg.device).eval()
+    testset = cfg.testset(args.testset)
+    model = Stage2Model.from_pretrained(args.model, map_location=cfg.device).eval()
     if model.task != task:
-        raise SystemExit(
-            f"params.yaml:evaluate.tasks.{task}.model: {chosen.model} is a {model.task!r} model, not {task!r}")
+        raise SystemExit(f"{args.model}: a {model.task!r} model, not {task!r}")
     metric_models = load_models(lpips_weights=cfg.lpips_weights, lpips_net=cfg.lpips_net, raft_weights=cfg.raft_weights,
                                 arcface_weights=cfg.arcface_weights, i3d_weights=cfg.i3d_weights, device=cfg.device)
-    samples, restorer, source = load_test_set(task, chosen, model, args.shards, cfg.device)
+    samples, restorer, source = load_test_set(task, args.testset, testset, model, args.shards, cfg.device)
 
     report = evaluate_task(restorer, samples, metric_models, task=task, max_clips=cfg.max_clips, faces=cfg.faces,
                            device=cfg.device)

@@ -213,7 +213,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                                  max_clips=args.max_videos, faces=not args.no_faces, device=device)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    # the file has metrics/<task>.json's schema; timings vary run to run, so they go to stdout
+    # the file has the evaluate stage's schema; timings vary run to run, so they go to stdout
     efficiency = report.pop("efficiency")
     write_json(args.output, report)
     print(json.dumps({"output": args.output, "task": report["task"], "videos": report["clips"],
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="Stage II folder (model.safetensors + config.json)")
     ev.add_argument("--lq", required=True, help="folder of degraded videos (or folders of frames)")
     ev.add_argument("--gt", required=True, help="folder of ground-truth videos, matched to --lq by name")
-    ev.add_argument("-o", "--output", required=True, help="JSON report, the schema of metrics/<task>.json")
+    ev.add_argument("-o", "--output", required=True, help="JSON report, the evaluate stage's schema")
     ev.add_argument("--frames", type=_int_range(1),
                     help="first frames scored per video (default: the model's clip length)")
     ev.add_argument("--size", type=_int_range(1), help="frames resized to SIZE x SIZE (default: the model's size)")
@@ -305,7 +305,7 @@ def tune_cpu_allocator(mmap_threshold: int = 4 << 20) -> None:
     its first allocation): a fresh multi-GB feature map is otherwise first touched 4 KiB page
     by page, 3x slower. A fixed glibc mmap threshold: by default glibc raises it after large
     frees, mid-size buffers then stay on the heap, and peak RSS of a 240-frame video was 1.23x
-    that of a 24-frame one (0.96-1.04x with it fixed; README, "Enhancing a video"). Settings the
+    that of a 24-frame one (0.96-1.04x with it fixed; docs/benchmarks.md, "Enhancing"). Settings the
     user made in the environment win."""
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:

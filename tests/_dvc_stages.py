@@ -1,12 +1,13 @@
 """dvc.yaml's stages as the tests see them: each stage's command line, with ``${item}`` /
-``${key}`` filled in for one entry of a ``foreach`` stage and ``${section.key}`` from params.yaml."""
+``${key}`` filled in for one entry of a ``foreach`` stage, ``${item.<axis>}`` for one entry of a
+``matrix`` stage, and ``${section.key}`` from params.yaml."""
 
 from __future__ import annotations
 
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -15,6 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def stages(root: Path = ROOT) -> dict[str, Any]:
     return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+
+def stage_template(name: str, root: Path = ROOT) -> dict[str, Any]:
+    """The part of a stage that holds ``cmd``, ``deps``, ``params`` and the outputs: ``do`` of a
+    ``foreach`` stage, the stage itself otherwise (a ``matrix`` stage keeps them beside ``matrix``)."""
+    stage = stages(root)[name]
+    return stage["do"] if "foreach" in stage else stage
 
 
 def _fill_params(cmd: str, root: Path) -> str:
@@ -29,16 +37,30 @@ def _fill_params(cmd: str, root: Path) -> str:
     return re.sub(r"\$\{([\w-]+(?:\.[\w-]+)+)\}", value, cmd)
 
 
-def stage_command(name: str, item: str | None = None, root: Path = ROOT) -> list[str]:
+def _fill_item(cmd: str, item: str | Mapping[str, str]) -> str:
+    """``${item}``, ``${key}`` and ``${item.<axis>}`` filled in: from the mapping (a matrix entry,
+    one value per axis), or all with the one string (a foreach entry)."""
+
+    def value(match: re.Match) -> str:
+        axis = match.group(2)
+        if isinstance(item, Mapping):
+            if axis is None:
+                raise ValueError(f"{match.group(0)} of a matrix stage: name an axis, as ${{item.<axis>}}")
+            return str(item[axis])
+        return item
+
+    return re.sub(r"\$\{(item|key)(?:\.([\w-]+))?\}", value, cmd)
+
+
+def stage_command(name: str, item: str | Mapping[str, str] | None = None, root: Path = ROOT) -> list[str]:
     """The stage's ``cmd`` split into words, e.g. ["python", "-m", "pipeline.crop", "--out", ...]."""
-    stage = stages(root)[name]
-    cmd = stage["do"]["cmd"] if "foreach" in stage else stage["cmd"]
+    cmd = stage_template(name, root)["cmd"]
     if item is not None:
-        cmd = cmd.replace("${item}", item).replace("${key}", item)
+        cmd = _fill_item(cmd, item)
     return shlex.split(_fill_params(cmd, root))
 
 
-def stage_argv(name: str, item: str | None = None, root: Path = ROOT) -> list[str]:
+def stage_argv(name: str, item: str | Mapping[str, str] | None = None, root: Path = ROOT) -> list[str]:
     """The arguments dvc.yaml passes to the stage's ``python -m pipeline.<stage>``."""
     words = stage_command(name, item, root)
     if words[:2] != ["python", "-m"]:
@@ -46,6 +68,6 @@ def stage_argv(name: str, item: str | None = None, root: Path = ROOT) -> list[st
     return words[3:]
 
 
-def stage_args(name: str, root: Path = ROOT, item: str | None = None) -> list[str]:
+def stage_args(name: str, root: Path = ROOT, item: str | Mapping[str, str] | None = None) -> list[str]:
     """The arguments after ``python`` of the stage's cmd, e.g. ``["-m", "pipeline.stage1", "--train", ...]``."""
     return stage_command(name, item, root)[1:]

@@ -13,8 +13,10 @@ from tools import drift
 COMMITTED = {
     "stage1.json": {"val_psnr": 21.67, "codebook_usage_spatial": 0.684, "step": 300, "perplexity_spatial": 80.0},
     "curation.json": {"kept": 3, "reasons": {"no_face": 2, "text": 1}},
-    "bfvr.json": {"output": {"psnr": 22.0, "fvd": None}, "per_clip": [{"psnr": 20.0}], "task": "bfvr"},
+    "evaluate/bfvr/stage2-test.json": {"output": {"psnr": 22.0, "fvd": None}, "per_clip": [{"psnr": 20.0}],
+                                       "task": "bfvr"},
     "efficiency/stage1.json": {"train_seconds": 145.0},
+    "efficiency/evaluate/bfvr/stage2-test.json": {"seconds_per_clip": 0.18},
 }
 
 
@@ -42,24 +44,26 @@ def test_within_tolerance_is_ok_and_past_it_is_drift():
 def test_counts_labels_and_nulls_must_match_exactly():
     new = _copy(COMMITTED)
     new["curation.json"]["reasons"]["text"] = 0
-    new["bfvr.json"]["task"] = "deflicker"
-    new["bfvr.json"]["output"]["fvd"] = 100.0
+    new["evaluate/bfvr/stage2-test.json"]["task"] = "deflicker"
+    new["evaluate/bfvr/stage2-test.json"]["output"]["fvd"] = 100.0
     rows = drift.compare(COMMITTED, new)
     assert _status(rows, "curation.json:reasons.text") == "DRIFT"
-    assert _status(rows, "bfvr.json:task") == "DRIFT"
-    assert _status(rows, "bfvr.json:output.fvd") == "DRIFT"
-    assert _status(rows, "bfvr.json:output.psnr") == "ok"
+    assert _status(rows, "evaluate/bfvr/stage2-test.json:task") == "DRIFT"
+    assert _status(rows, "evaluate/bfvr/stage2-test.json:output.fvd") == "DRIFT"
+    assert _status(rows, "evaluate/bfvr/stage2-test.json:output.psnr") == "ok"
 
 
 def test_timings_and_per_clip_values_are_ignored_missing_and_new_are_reported():
     new = _copy(COMMITTED)
     new["efficiency/stage1.json"]["train_seconds"] = 999.0
-    new["bfvr.json"]["per_clip"][0]["psnr"] = 0.0
+    new["efficiency/evaluate/bfvr/stage2-test.json"]["seconds_per_clip"] = 9.0
+    new["evaluate/bfvr/stage2-test.json"]["per_clip"][0]["psnr"] = 0.0
     del new["stage1.json"]["step"]
     new["stage1.json"]["val_psnr_first_eval"] = 11.0
     rows = drift.compare(COMMITTED, new)
     assert _status(rows, "efficiency/stage1.json:train_seconds") == "ignored"
-    assert _status(rows, "bfvr.json:per_clip[0].psnr") == "ignored"
+    assert _status(rows, "efficiency/evaluate/bfvr/stage2-test.json:seconds_per_clip") == "ignored"
+    assert _status(rows, "evaluate/bfvr/stage2-test.json:per_clip[0].psnr") == "ignored"
     assert _status(rows, "stage1.json:step") == "missing"
     assert _status(rows, "stage1.json:val_psnr_first_eval") == "new"
     del new["curation.json"]

@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from _dvc_stages import ROOT, stage_command, stages
+from _dvc_stages import ROOT, stage_command, stage_template, stages
 
 PACKAGES = ("stcvq", "pipeline")
 
@@ -85,8 +85,7 @@ def stage_code(name: str, root: Path = ROOT) -> set[str]:
 
 
 def listed_code(name: str) -> list[str]:
-    stage = stages()[name]
-    deps = (stage["do"] if "foreach" in stage else stage).get("deps", [])
+    deps = stage_template(name).get("deps", [])
     return [d for d in deps if "${" not in d and d.split("/")[0] in PACKAGES]
 
 

@@ -190,22 +190,24 @@ def test_stage_script_writes_metrics_and_plots(tmp_path, monkeypatch, carphone):
             writer.write(sample["meta"]["key"], {"hq.mkv": encode_frames(to_uint8_video(sample["hq"])),
                                                  "lq.mkv": encode_frames(to_uint8_video(sample["lq"])), "json": b"{}"})
     monkeypatch.setattr(stage, "load_params", lambda *sections: {"evaluate": {"faces": False, "max_clips": 2}})
-    stage.main(stage_argv("evaluate", "bfvr"))
-    report = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
+    own = {"task": "bfvr", "model": "stage2", "testset": "test"}
+    stage.main(stage_argv("evaluate", own))
+    report = json.loads((tmp_path / "metrics" / "evaluate" / "bfvr" / "stage2-test.json").read_text())
     _check_report(report)
     assert report["task"] == "bfvr" and report["clips"] == 2
-    profile = cv2.imread(str(tmp_path / "plots" / "evaluate-bfvr" / "temporal_profile.png"))
-    frames = cv2.imread(str(tmp_path / "plots" / "evaluate-bfvr" / "frames.png"))
+    plots = tmp_path / "plots" / "evaluate" / "bfvr" / "stage2-test"
+    profile = cv2.imread(str(plots / "temporal_profile.png"))
+    frames = cv2.imread(str(plots / "frames.png"))
     assert profile.shape == (16, 3 * 4 * 4 + 2 * 2, 3)  # input | output | GT, 4 frames x 4 px each
     assert frames.shape == (3 * 16 + 2 * 2, 4 * 16 + 3 * 2, 3)
     with pytest.raises(SystemExit, match="unknown task"):
-        stage.main(stage_argv("evaluate", "denoise"))
+        stage.main(stage_argv("evaluate", {**own, "task": "denoise"}))
+    with pytest.raises(ConfigError, match=r"evaluate\.testsets: no test set 'vfhq'; known: \['test'\]"):
+        stage.main(stage_argv("evaluate", {**own, "testset": "vfhq"}))
 
     # a model of another clip size (an imported 512^2 one, here 32^2) scores the 16^2 clips resized
-    Stage2Model(Stage2Config.profile("tiny", size=32)).save_pretrained(tmp_path / "other")
-    tasks = {"bfvr": {"model": str(tmp_path / "other")}}
-    monkeypatch.setattr(stage, "load_params", lambda *sections: {"evaluate": {"faces": False, "tasks": tasks}})
-    stage.main(stage_argv("evaluate", "bfvr"))
-    other = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
+    Stage2Model(Stage2Config.profile("tiny", size=32)).save_pretrained(tmp_path / "models" / "published-bfvr")
+    stage.main(stage_argv("evaluate", {**own, "model": "published"}))
+    other = json.loads((tmp_path / "metrics" / "evaluate" / "bfvr" / "published-test.json").read_text())
     assert other["clips"] == 2 and other["input"]["psnr"] == report["input"]["psnr"]
     assert other["output"]["psnr"] != report["output"]["psnr"]

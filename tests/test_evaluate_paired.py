@@ -69,7 +69,8 @@ def _direct_psnr(lq_path: Path, gt_path: Path, frames: int, size: int) -> float:
 
 
 def _schema(report: dict) -> dict:
-    """The key structure of an evaluate report: what must match metrics/<task>.json."""
+    """The key structure of an evaluate report: what must match the evaluate stage's
+    metrics/evaluate/<task>/<model>-<testset>.json."""
     clip = report["per_clip"][0]
     return {"top": sorted(report), **{side: sorted(report[side]) for side in ("input", "output", "ground_truth")},
             "null_reasons": sorted(report["null_reasons"]), "details": sorted(report["details"]),
@@ -83,7 +84,8 @@ def test_cli_writes_the_pipelines_schema_and_the_direct_psnr(paired, model_dir, 
                    "-o", str(out), "--device", "cpu"])
     assert rc == 0
     report = json.loads(out.read_text())
-    assert _schema(report) == _schema(json.loads((ROOT / "metrics" / "bfvr.json").read_text()))
+    committed = ROOT / "metrics" / "evaluate" / "bfvr" / "stage2-test.json"
+    assert _schema(report) == _schema(json.loads(committed.read_text()))
     assert report["task"] == "bfvr" and report["clips"] == 1 and report["per_clip"][0]["key"] == "carphone"
     # defaults from the model's config: its clip length (4) and size (16)
     direct = _direct_psnr(paired / "lq" / "carphone.mp4", paired / "gt" / "carphone.mp4", 4, 16)
@@ -146,40 +148,56 @@ def test_unmatched_and_duplicate_names_are_one_clear_line(tmp_path, model_dir):
 
 
 def test_stage_script_scores_another_model_on_a_paired_folder(paired, model_dir, tmp_path, monkeypatch):
+    """evaluate@bfvr-imported-vfhq: models/imported-bfvr on a paired test set named with {task}."""
     import pipeline.evaluate as stage
 
-    monkeypatch.chdir(tmp_path)  # no models/ or data/ here: the params must point elsewhere
-    task = {"model": str(model_dir), "lq_dir": str(paired / "lq"), "gt_dir": str(paired / "gt")}
-    monkeypatch.setattr(stage, "load_params", lambda *s: {"evaluate": {"faces": False, "tasks": {"bfvr": task}}})
-    stage.main(stage_argv("evaluate", "bfvr"))
-    report = json.loads((tmp_path / "metrics" / "bfvr.json").read_text())
+    monkeypatch.chdir(tmp_path)  # no data/ here: the test set's folders are the only clips
+    (tmp_path / "models").mkdir()
+    for task in ("bfvr", "deflicker"):
+        (tmp_path / "models" / f"imported-{task}").symlink_to(model_dir)  # a bfvr model both times
+    (tmp_path / "vfhq").mkdir()
+    (tmp_path / "vfhq" / "bfvr").symlink_to(paired)
+    vfhq = {"lq_dir": str(tmp_path / "vfhq" / "{task}" / "lq"), "gt_dir": str(tmp_path / "vfhq" / "{task}" / "gt")}
+    params = {"evaluate": {"faces": False, "models": ["imported"], "testsets": {"vfhq": vfhq}}}
+    monkeypatch.setattr(stage, "load_params", lambda *s: params)
+    stage.main(stage_argv("evaluate", {"task": "bfvr", "model": "imported", "testset": "vfhq"}))
+    report = json.loads((tmp_path / "metrics" / "evaluate" / "bfvr" / "imported-vfhq.json").read_text())
     assert report["clips"] == 1 and report["per_clip"][0]["key"] == "carphone"
     assert report["skipped"][0]["key"] == "short"
-    assert (tmp_path / "plots" / "evaluate-bfvr" / "frames.png").exists()
-    params = {"evaluate": {"tasks": {"deflicker": {"model": str(model_dir)}}}}
-    monkeypatch.setattr(stage, "load_params", lambda *s: params)
-    with pytest.raises(SystemExit, match=r"evaluate\.tasks\.deflicker\.model: .* is a 'bfvr' model, not 'deflicker'"):
-        stage.main(stage_argv("evaluate", "deflicker"))
+    assert (tmp_path / "plots" / "evaluate" / "bfvr" / "imported-vfhq" / "frames.png").exists()
+    with pytest.raises(SystemExit, match=r"models/imported-deflicker: a 'bfvr' model, not 'deflicker'"):
+        stage.main(stage_argv("evaluate", {"task": "deflicker", "model": "imported", "testset": "vfhq"}))
+    deflicker = tmp_path / "models" / "imported-deflicker"
+    deflicker.unlink()
+    Stage2Model(Stage2Config.profile("tiny", task="deflicker")).save_pretrained(deflicker)
+    missing = tmp_path / "vfhq" / "deflicker" / "lq"
+    with pytest.raises(SystemExit, match=rf"^params\.yaml:evaluate\.testsets\.vfhq: {missing}: not a folder$"):
+        stage.main(stage_argv("evaluate", {"task": "deflicker", "model": "imported", "testset": "vfhq"}))
 
 
 def test_evaluate_params_are_typed_and_validated():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())["evaluate"]
     cfg = from_dict(EvaluateConfig, params)
-    assert sorted(cfg.tasks) == sorted(TASKS)
-    assert all(cfg.task(t).model == f"models/stage2-{t}" and cfg.task(t).lq_dir is None for t in TASKS)
-    assert from_dict(EvaluateConfig, {}).task("deflicker").model == "models/stage2-deflicker"
-    for bad, message in [({"bfvr": {"model": "m", "lq_dir": "a"}}, "lq_dir and gt_dir go together"),
-                         ({"bfvr": {"model": "m", "frames": 24}}, "paired test set only"),
-                         ({"bfvr": {"model": "m", "lq_dir": "a", "gt_dir": "b", "size": 0}}, "size must be >= 1"),
-                         ({"bfvr": {"model": "m", "lq": "a"}}, r"evaluate\.tasks\.bfvr: unknown key"),
-                         ({"denoise": {"model": "m"}}, "unknown task")]:
+    assert cfg.models == ["stage2"] and list(cfg.testsets) == ["test"] and not cfg.testset("test").paired
+    assert from_dict(EvaluateConfig, {}) == cfg  # params.yaml states the defaults
+    vfhq = {"lq_dir": "v/{task}/lq", "gt_dir": "v/gt"}
+    vfhq = from_dict(EvaluateConfig, {"testsets": {"vfhq": vfhq}}).testset("vfhq")
+    assert vfhq.paired and vfhq.folders("deflicker") == ("v/deflicker/lq", "v/gt")
+    for bad, message in [({"testsets": {"v": {"lq_dir": "a"}}}, "lq_dir and gt_dir go together"),
+                         ({"testsets": {"v": {"frames": 24}}}, "paired test set only"),
+                         ({"testsets": {"v": {"lq_dir": "a", "gt_dir": "b", "size": 0}}}, "size must be >= 1"),
+                         ({"testsets": {"v": {"lq": "a"}}}, r"evaluate\.testsets\.v: unknown key"),
+                         ({"testsets": {}}, "at least one test set"),
+                         ({"models": []}, "at least one model"),
+                         ({"models": ["my-model"]}, r"evaluate\.models: \['my-model'\] must be letters"),
+                         ({"models": ["a", "a"]}, "appears twice")]:
         with pytest.raises(ConfigError, match=message):
-            from_dict(EvaluateConfig, {"tasks": bad})
+            from_dict(EvaluateConfig, bad)
 
 
 def test_dvc_yaml_tracks_the_chosen_model_and_every_evaluate_param():
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]
-    assert stage["foreach"] == "${evaluate.tasks}"
-    assert "${item.model}" in stage["do"]["deps"]
-    fields = [f for f in EvaluateConfig.__dataclass_fields__ if f != "tasks"]
-    assert sorted(stage["do"]["params"]) == sorted([f"evaluate.{f}" for f in fields] + ["evaluate.tasks.${key}"])
+    assert stage["matrix"] == {"task": list(TASKS), "model": "${evaluate.models}", "testset": "${evaluate.testsets}"}
+    assert {"models/${item.model}-${item.task}", "data/shards/${item.task}"} <= set(stage["deps"])
+    fields = [f for f in EvaluateConfig.__dataclass_fields__ if f not in ("models", "testsets")]
+    assert sorted(stage["params"]) == sorted([f"evaluate.{f}" for f in fields] + ["evaluate.testsets.${item.testset}"])

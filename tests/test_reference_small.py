@@ -1,8 +1,8 @@
 """Small networks of the reference layout: imported, run by `stcvq enhance` on real face video,
 and a reference Stage I imported to train an stcvq Stage II on.
 
-The published network at 512^2 takes minutes per 24-frame window on a 2-core CPU (README,
-"Using the published models"), so these tests import a small network of the same layout
+The published network at 512^2 takes minutes per 24-frame window on a 2-core CPU (docs/benchmarks.md,
+"Enhancing"), so these tests import a small network of the same layout
 (reference downsampling, sigmoid output, reference TA and Stage II residual, CodeFormer-style
 transformers) from a file in the reference's own format: the importer, the model folder,
 windowing, resizing, face crop and audio are the code paths the published models take.

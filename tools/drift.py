@@ -2,7 +2,7 @@
 
 Usage: python -m tools.drift [--against REV] [--run] [--tol PATTERN=VALUE ...] [--all]
 
-Compares every ``metrics/*.json`` (timings in ``metrics/efficiency/`` and per-clip lists are
+Compares every ``metrics/**/*.json`` (timings in ``metrics/efficiency/`` and per-clip lists are
 left out) as written in the working tree with the same files at git revision ``REV`` (default
 ``HEAD``, i.e. the committed results). ``--run`` first runs ``dvc repro`` (a clean clone rebuilds
 everything: about 12 minutes on an idle 2-core machine), so one command re-runs the pipeline and
@@ -13,7 +13,7 @@ Each JSON leaf is one metric, named ``file:key.sub[index]``. Its tolerance is th
 :data:`TOLERANCES` whose pattern (fnmatch, case-sensitive) matches that name: an absolute
 number, ``"N%"`` relative to the committed value, or ``"ignore"``. ``--tol`` entries go before
 the built-in ones. Counts and settings must match exactly; learned quantities get room for
-float kernels that differ between CPUs and builds (README, "Reproducibility across machines").
+float kernels that differ between CPUs and builds (docs/reproducibility.md).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ METRICS = "metrics"
 # wrote one raw video differently, and a machine change alone should stay within that scale.
 TOLERANCES: list[tuple[str, float | str]] = [
     ("efficiency/*", "ignore"),
-    ("*:*per_clip*", "ignore"),  # per-clip values: the means below are what the README cites
+    ("*:*per_clip*", "ignore"),  # per-clip values: the means below are what docs/results.md cites
     ("*:*details*", 0),  # per-metric video counts and backends
     ("*psnr*", 0.5),  # dB
     ("*ssim*", 0.02),
@@ -154,10 +154,10 @@ def report(rows: list[dict], show_all: bool = False) -> str:
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     shown = [r for r in rows if show_all or r["status"] not in ("ignored",) and (r["status"] != "ok" or r["drift"])]
-    lines = [f"{'metric':<58} {'committed':>12} {'now':>12} {'drift':>10} {'tolerance':>9}  status"]
+    lines = [f"{'metric':<66} {'committed':>12} {'now':>12} {'drift':>10} {'tolerance':>9}  status"]
     for r in shown:
         drift = "" if r["drift"] is None else f"{r['drift']:+.4g}"
-        lines.append(f"{r['metric']:<58} {_fmt(r['committed']):>12} {_fmt(r['now']):>12} {drift:>10} "
+        lines.append(f"{r['metric']:<66} {_fmt(r['committed']):>12} {_fmt(r['now']):>12} {drift:>10} "
                      f"{str(r['tolerance']):>9}  {r['status']}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     lines.append(f"{len(rows)} metrics: {summary}"

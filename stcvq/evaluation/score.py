@@ -3,7 +3,8 @@
 Every clip is scored twice against its ground truth with :func:`stcvq.evaluation.metrics.video_metrics`:
 the degraded input (what you start from) and the restored output (what the model gives), then
 means over the clips (:func:`stcvq.evaluation.metrics.aggregate`), FVD over the whole set, and the time the
-model takes per clip. The result is one JSON-ready dict, ``metrics/<task>.json`` of the DVC stage.
+model takes per clip. The result is one JSON-ready dict, the DVC stage's
+``metrics/evaluate/<task>/<model>-<testset>.json``.
 
     report = evaluate_task(model, ClipDataset(index, batch_size=None, shuffle=False), load_models(), task="bfvr")
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -52,31 +54,48 @@ SIDES = ("input", "output")
 TEMPORAL = ("flow_score", "warping_error", "flicker_index")
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluateTaskConfig:
-    """params.yaml ``evaluate.tasks.<task>``: the model scored, and optionally a paired test set
-    (degraded and ground-truth folders, matched by name) instead of the pipeline's test shards."""
+# a model or test set name is one fragment of a stage name (evaluate@<task>-<model>-<testset>) and a
+# file name (metrics/evaluate/<task>/<model>-<testset>.json): no "-", "/", "@" or ":" in it
+_NAME = re.compile(r"[A-Za-z0-9_.]+")
 
-    model: str  # a Stage II folder: models/stage2-<task>, or one written by `stcvq import-reference`
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateTestSetConfig:
+    """params.yaml ``evaluate.testsets.<name>``: where the scored clips come from. Both folders
+    null: the test split of the task's shards. ``lq_dir`` + ``gt_dir``: a paired test set
+    (degraded and ground-truth videos matched by name); ``{task}`` in either path stands for the
+    task, so one entry names a folder pair per task."""
+
     lq_dir: str | None = None
     gt_dir: str | None = None
     frames: int | None = None  # first frames scored per paired video; None: the model's clip_length
     size: int | None = None  # paired videos resized to size x size; None: the model's size
 
     def __post_init__(self) -> None:
-        check(bool(self.model), "model must name a Stage II folder")
         check((self.lq_dir is None) == (self.gt_dir is None),
               f"lq_dir and gt_dir go together, got lq_dir={self.lq_dir!r}, gt_dir={self.gt_dir!r}")
-        check(self.lq_dir is not None or (self.frames is None and self.size is None),
+        check(self.paired or (self.frames is None and self.size is None),
               "frames and size apply to a paired test set only (set lq_dir and gt_dir)")
         check(self.frames is None or self.frames >= 1, f"frames must be >= 1 or null, got {self.frames}")
         check(self.size is None or self.size >= 1, f"size must be >= 1 or null, got {self.size}")
+
+    @property
+    def paired(self) -> bool:
+        return self.lq_dir is not None
+
+    def folders(self, task: str) -> tuple[str, str]:
+        """(lq_dir, gt_dir) of a paired test set for ``task``."""
+        assert self.lq_dir is not None and self.gt_dir is not None, "the test split has no folders"
+        return self.lq_dir.replace("{task}", task), self.gt_dir.replace("{task}", task)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
     """params.yaml ``evaluate:``. Weight paths are optional: a metric whose network is missing is
-    null with a reason (LPIPS, FVD) or uses the shipped fallback (OpenCV DIS flow, dlib descriptors)."""
+    null with a reason (LPIPS, FVD) or uses the shipped fallback (OpenCV DIS flow, dlib descriptors).
+
+    ``models`` x ``testsets`` (x the tasks) is the evaluate stage's matrix: model ``m`` of task
+    ``t`` is the folder ``models/<m>-<t>`` (``stage2``: the pipeline's own)."""
 
     lpips_weights: str | None = None
     lpips_net: str = "alex"
@@ -88,25 +107,31 @@ class EvaluateConfig:
     profile_column: float = 0.5  # temporal profile column, as a fraction of the width
     grid_frames: int = 4  # frames per row of the before/after grid
     device: str = "cpu"
-    tasks: dict[str, EvaluateTaskConfig] = dataclasses.field(default_factory=dict)  # absent: models/stage2-<task>
+    models: list[str] = dataclasses.field(default_factory=lambda: ["stage2"])
+    testsets: dict[str, EvaluateTestSetConfig] = dataclasses.field(
+        default_factory=lambda: {"test": EvaluateTestSetConfig()})
 
     def __post_init__(self) -> None:
-        from stcvq.tasks import TASKS
-
-        unknown = sorted(set(self.tasks) - set(TASKS))
-        check(not unknown, f"evaluate.tasks: unknown task(s) {unknown}; known: {list(TASKS)}")
-        object.__setattr__(self, "tasks", {
-            name: task if isinstance(task, EvaluateTaskConfig)
-            else from_dict(EvaluateTaskConfig, task, where=f"evaluate.tasks.{name}")
-            for name, task in self.tasks.items()})
+        check(bool(self.models), "evaluate.models must name at least one model")
+        check(bool(self.testsets), "evaluate.testsets must name at least one test set")
+        for kind, names in (("models", list(self.models)), ("testsets", list(self.testsets))):
+            bad = [n for n in names if not isinstance(n, str) or not _NAME.fullmatch(n)]
+            check(not bad, f"evaluate.{kind}: {bad} must be letters, digits, '_' or '.' (a name is part of "
+                           "the stage name evaluate@<task>-<model>-<testset>)")
+            check(len(set(names)) == len(names), f"evaluate.{kind}: a name appears twice in {names}")
+        object.__setattr__(self, "testsets", {
+            name: spec if isinstance(spec, EvaluateTestSetConfig)
+            else from_dict(EvaluateTestSetConfig, spec or {}, where=f"evaluate.testsets.{name}")
+            for name, spec in self.testsets.items()})
         check(self.max_clips is None or self.max_clips >= 1,
               f"evaluate.max_clips must be >= 1 or null, got {self.max_clips}")
         check(0.0 <= self.profile_column <= 1.0,
               f"evaluate.profile_column must be in [0, 1], got {self.profile_column}")
         check(self.grid_frames >= 1, f"evaluate.grid_frames must be >= 1, got {self.grid_frames}")
 
-    def task(self, name: str) -> EvaluateTaskConfig:
-        return self.tasks.get(name) or EvaluateTaskConfig(model=f"models/stage2-{name}")
+    def testset(self, name: str) -> EvaluateTestSetConfig:
+        check(name in self.testsets, f"evaluate.testsets: no test set {name!r}; known: {list(self.testsets)}")
+        return self.testsets[name]
 
 
 def _sync(device: torch.device) -> None:

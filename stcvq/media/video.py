@@ -350,7 +350,7 @@ _SWS_ENCODE = "bicubic+accurate_rnd+bitexact"
 _DETERMINISTIC = {"threads": 1, "fflags": "+bitexact", "map_metadata": -1, "sws_flags": _SWS_ENCODE}
 # x264 picks its assembly from the CPU and the tiers do not give the same bytes (SSE2-only and
 # none differ from SSSE3 and up on carphone); asm=0 runs its C code on every CPU, at a cost in
-# time (README, "Reproducibility across machines"), so only the data stages ask for it.
+# time (docs/reproducibility.md), so only the data stages ask for it.
 _X264_PORTABLE = "asm=0"
 
 

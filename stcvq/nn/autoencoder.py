@@ -1,4 +1,4 @@
-"""3D conv encoder and decoder of the Stage I VQGAN (DESIGN.md section 2).
+"""3D conv encoder and decoder of the Stage I VQGAN (docs/design.md section 2).
 
 Level i has ``num_res_blocks`` residual blocks at width ``nf * ch_mult[i]``; between levels a
 downsample halves H and W, and T too for the levels flagged in ``temporal_downsample`` (the

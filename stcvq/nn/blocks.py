@@ -85,7 +85,7 @@ class _GemmBackwardAttention(torch.autograd.Function):
     scores for a block of queries at a time and runs as matrix products.
 
     An alternative to torch's fused CPU backward, for machines where plain matrix products run
-    faster than it (README, "Training-step cost of the paper profile"). Memory stays linear in
+    faster than it (docs/benchmarks.md, "Training-step cost of the paper profile"). Memory stays linear in
     the sequence length (one block of scores at a time), as with the fused kernel."""
 
     @staticmethod

@@ -11,7 +11,7 @@ added explicitly where the unchunked conv would add it.
 
 Speed: each chunk's conv input is written once, straight into one channels-last buffer (zero
 frames at the clip's ends included), which oneDNN's convs read without reordering; building it
-by concatenation and a layout copy costs far more (README "How the time came down").
+by concatenation and a layout copy costs far more (docs/benchmarks.md, "Enhancing").
 
 Only layers that are local in time can be chunked; attention blocks run whole.
 """

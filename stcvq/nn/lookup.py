@@ -137,7 +137,7 @@ class LookupTransformer(nn.Module):
                 raise ValueError(
                     f"position embeddings were trained for a {grid_h}x{grid_w} latent grid, got {h}x{w}: "
                     "use the resolution the model was trained at, or set interpolate_positions=True "
-                    "(resizes the learned table; costs quality, see README)"
+                    "(resizes the learned table; costs quality, see docs/benchmarks.md)"
                 )
             table = spatial.reshape(1, grid_h, grid_w, -1).permute(0, 3, 1, 2)
             table = F.interpolate(table, size=(h, w), mode="bicubic", align_corners=False)

@@ -17,7 +17,7 @@ Regularisers (the paper's section on codebook collapse, Eq. 6):
           nearly flat (nearest vs farthest code within a factor of a few), so P_post can stay
           close to uniform while the argmin usage collapses (benchmarks/bench_mpr_sharpness.py).
           A larger power sharpens s towards the argmin assignment. How much each choice raises
-          codebook use, by init (``normal`` vs VQGAN's ``uniform``): README "Codebook use".
+          codebook use, by init (``normal`` vs VQGAN's ``uniform``): docs/results.md, "Codebook use".
 Under DDP the marginal is summed over all processes, so the regulariser is that of the global
 batch (and a two-process run matches a one-process run with the same global batch).
 """

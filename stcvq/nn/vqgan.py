@@ -1,4 +1,4 @@
-"""The Stage I model: 3D VQGAN with a spatial and a temporal codebook (DESIGN.md section 1).
+"""The Stage I model: 3D VQGAN with a spatial and a temporal codebook (docs/design.md section 1).
 
 x (B, 3, T, H, W) in [0, 1] -> encode -> z (B, D, t, h, w)
   z_S = z                      -> spatial codebook C_S  -> indices_spatial
@@ -48,7 +48,7 @@ class Stage1Config:
     reg_power: float = 1.0  # exponent on 1/D in the similarity (1 = Eq. 6 as printed; see quantize.py)
     # uniform: VQGAN's U(-1/N, 1/N), the reference code's; normal: N(0, codebook_init_std^2) per
     # coordinate. At small scale MPR raised codebook use over none from normal, not from uniform
-    # (README, "Codebook use").
+    # (docs/results.md, "Codebook use").
     codebook_init: Literal["uniform", "normal"] = "uniform"
     codebook_init_std: float = 0.1
     residual_window: int = 1
