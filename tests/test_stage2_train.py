@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +15,8 @@ from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.training.batches import TensorClips
 from stcvq.training.loop import TrainConfig
 from stcvq.training.stage2 import Stage2TrainConfig, train_stage2
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 
 def _stage1() -> Stage1Model:

@@ -106,6 +106,7 @@ def test_nan_guard_skips_the_update(tmp_path):
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
+@pytest.mark.slow
 def test_kill9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     args = ("--steps", "7", "--batch", "4", "--accum", "2")
@@ -127,6 +128,7 @@ def test_kill9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_under_the_same_code_and_starts_over_under_changed_code(tmp_path):
     """run.json covers the code Stage I runs: an edited module must not resume old checkpoints."""
     code = tmp_path / "code"  # a private copy of the package, so the test can edit it
@@ -161,6 +163,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_matches_single_process(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     args = ("--steps", "4", "--batch", "4", "--no-resume")
@@ -203,6 +206,7 @@ def _tiny_stage1(regularizer: str = "mpr"):
     )
 
 
+@pytest.mark.slow
 def test_changed_config_or_data_starts_over_instead_of_resuming(tmp_path, caplog):
     """An ablation (another regulariser) or new shards must not resume the previous run's
     finished checkpoints."""
