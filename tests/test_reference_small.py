@@ -105,6 +105,7 @@ def test_enhance_carphone_non_square(imported, carphone_path, tmp_path, mode):
         assert np.abs(a[:, :16, :16] - b[:, :16, :16]).mean() < 4
 
 
+@pytest.mark.slow
 def test_train_stage2_on_an_imported_reference_stage1(tmp_path):
     """A reference-format Stage I file becomes a Stage I folder that Stage II trains on with
     stcvq's own transformers and residual along time; the imported parts stay frozen."""

@@ -54,6 +54,7 @@ def test_only_lq_encoder_and_transformers_are_trainable():
     assert trainable == {"vqgan.encoder", "spatial_transformer", "temporal_transformer"}
 
 
+@pytest.mark.slow
 def test_frozen_parts_do_not_change_in_training_but_the_trained_parts_do(tmp_path):
     stage1 = _stage1()
     model = Stage2Model.from_stage1(stage1, Stage2Config.profile("tiny"))
@@ -73,6 +74,7 @@ def test_frozen_parts_do_not_change_in_training_but_the_trained_parts_do(tmp_pat
     assert not torch.equal(trained.temporal_transformer.head.weight, head)
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_trains_stage2_to_the_same_weights(tmp_path):
     """TrainConfig.activation_checkpointing reaches the LQ encoder and both transformers and
     changes no bit."""
