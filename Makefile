@@ -1,5 +1,6 @@
 # Two entry points (README): `make repro` and `make test`. Both create or update the
-# virtual environment first and are safe to re-run.
+# virtual environment first and are safe to re-run. `make test-fast` is the inner loop: the
+# suite without the tests marked slow (pyproject.toml); `make test` (CI) runs them all.
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP  := $(VENV)/.stcvq-installed
 # dvc.yaml runs `python -m pipeline.<stage>`: the venv's python must come first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env repro test drift clean-env
+.PHONY: env repro test test-fast drift clean-env
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,10 @@ repro: env
 test: env
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+test-fast: env
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Per-metric drift of the working tree's metrics from git HEAD's (DRIFT_ARGS="--run" re-runs the
 # pipeline first, "--against REV" names another commit); exits 1 past a tolerance.

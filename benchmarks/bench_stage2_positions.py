@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from stcvq.nn.restorer import Stage2Model
 from stcvq.nn.vqgan import Stage1Model
 from stcvq.training.batches import shard_batches
-from stcvq.training.stage2 import Stage2Objective
+from stcvq.training.stage2 import evaluate_stage2
 
 
 def main() -> None:
@@ -38,7 +38,6 @@ def main() -> None:
     factor = stage1.config.spatial_factor
     sides = [int(s) for s in sys.argv[2:]] or [model.size, round(model.size * 0.75 / factor) * factor,
                                                  round(model.size * 1.5 / factor) * factor]
-    objective = Stage2Objective(model, stage1)
     val = list(shard_batches(f"data/shards/{task}/val-{task}.json")())
     results = []
     for side in sides:
@@ -51,7 +50,7 @@ def main() -> None:
                 out[key] = frames.reshape(b, t, c, side, side).permute(0, 2, 1, 3, 4)
             return out
 
-        metrics = objective.evaluate(model, [resized(b) for b in val])
+        metrics = evaluate_stage2(model, stage1, [resized(b) for b in val])
         results.append({"side": side, "trained_side": model.size, "interpolated": side != model.size, **metrics})
         print(json.dumps(results[-1]))
 

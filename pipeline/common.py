@@ -8,7 +8,6 @@ from stcvq, call one library function, write their outputs.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -41,12 +40,6 @@ def setup_logging(stage: str) -> logging.Logger:
         stream=sys.stderr,
     )
     return logging.getLogger(f"pipeline.{stage}")
-
-
-def is_main_process() -> bool:
-    """False on every torchrun process but rank 0: only rank 0 exports models and metrics
-    (the others would race it deleting and rewriting the same folders)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_stage(main: Callable[..., Any], *args: Any) -> None:

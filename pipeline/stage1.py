@@ -13,17 +13,18 @@ dvc.yaml passes in). Paths, all from dvc.yaml's cmd:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.common import is_main_process, load_params, run_stage, setup_logging
+from pipeline.common import load_params, run_stage, setup_logging
 from stcvq.config import from_dict
-from stcvq.io import atomic_folder, write_json
+from stcvq.io import write_json
 from stcvq.nn.vqgan import Stage1Model
 from stcvq.training.batches import ShardClips, shard_batches
+from stcvq.training.loop import export_model
+from stcvq.training.provenance import rank
 from stcvq.training.stage1 import Stage1TrainConfig, evaluate_stage1, train_stage1
 
 
@@ -32,19 +33,17 @@ def train_and_export(cfg: Stage1TrainConfig, train_index: Path, val_index: Path,
     """Train (or resume) in ``run_dir``, export the model and plots: (the metrics, None off rank 0;
     the seconds this run trained)."""
     val = shard_batches(val_index, batch_size=cfg.train.batch_size)
-    data_fingerprint = hashlib.sha256(train_index.read_bytes()).hexdigest()  # the index lists every shard's CRC
     started = time.time()
-    result = train_stage1(cfg, ShardClips(train_index, seed=cfg.train.seed), run_dir, val_batches=val,
-                          data_fingerprint=data_fingerprint)
+    result = train_stage1(cfg, ShardClips(train_index, seed=cfg.train.seed), run_dir, val_batches=val)
     seconds = time.time() - started
-    if not is_main_process():
+    if rank() != 0:
         return None, seconds
-    with atomic_folder(model_dir) as staging:
-        shutil.copytree(run_dir / "model", staging, dirs_exist_ok=True)
+    export_model(result.final, model_dir, run_dir / "dvclive", name="stage1",
+                 description="Stage I: the 3D VQGAN with spatial and temporal codebooks", labels=["stage1"])
     shutil.rmtree(plots_dir, ignore_errors=True)
     curves = run_dir / "dvclive" / "plots" / "metrics"
-    if curves.is_dir():
-        shutil.copytree(curves, plots_dir)
+    if curves.is_dir():  # the training curves; the system metrics stay in the run folder
+        shutil.copytree(curves, plots_dir, ignore=shutil.ignore_patterns("system"))
     # evaluated from the exported model, so a resumed (already finished) run still reports it
     model = Stage1Model.from_pretrained(model_dir)
     final = evaluate_stage1(model.eval(), val())

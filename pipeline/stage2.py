@@ -13,12 +13,15 @@ import shutil
 import time
 from pathlib import Path
 
-from pipeline.common import is_main_process, load_params, run_stage, setup_logging
-from stcvq.io import atomic_folder, write_json
+from pipeline.common import load_params, run_stage, setup_logging
+from stcvq.io import write_json
+from stcvq.nn.restorer import Stage2Model
 from stcvq.nn.vqgan import Stage1Model
 from stcvq.tasks import TASKS
 from stcvq.training.batches import ShardClips, has_member, shard_batches
-from stcvq.training.stage2 import Stage2Objective, Stage2Params, train_stage2
+from stcvq.training.loop import export_model
+from stcvq.training.provenance import rank
+from stcvq.training.stage2 import Stage2TrainConfig, evaluate_stage2, train_stage2
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,34 +42,37 @@ def main(args: argparse.Namespace) -> None:
     task = args.task
     log = setup_logging(f"stage2@{task}")
     params = load_params("stage2", "resolution", "clips")
-    stage2 = Stage2Params.for_task(params["stage2"], task, where="params.yaml:stage2")
+    cfg = Stage2TrainConfig.for_task(params["stage2"], task, clip_length=params["clips"]["length"],
+                                     size=params["resolution"], where="params.yaml:stage2")
     stage1 = Stage1Model.from_pretrained(args.stage1)
-    cfg = stage2.train_config(stage1.config, task, clip_length=params["clips"]["length"], size=params["resolution"])
 
     train_index, val_index = args.shards / f"train-{task}.json", args.shards / f"val-{task}.json"
     noisefree = has_member(train_index, "lq_noisefree")
+    phases = cfg.phases(noisefree)
     started = time.time()
-    model, results = train_stage2(
+    results = train_stage2(
         cfg, stage1, lambda lq: ShardClips(train_index, lq=lq, seed=cfg.train.seed), args.run_dir,
         val_batches=shard_batches(val_index, batch_size=cfg.train.batch_size), has_noisefree=noisefree)
     seconds = time.time() - started
-    if not is_main_process():
+    if rank() != 0:
         return
 
-    with atomic_folder(args.model) as staging:
-        model.save_pretrained(staging)
+    export_model(results[-1].final, args.model, args.run_dir / phases[-1][0] / "dvclive", name=f"stage2-{task}",
+                 description=f"Stage II ({task}): LQ encoder and code lookup transformers on Stage I",
+                 labels=["stage2", task])
     shutil.rmtree(args.plots, ignore_errors=True)
-    for name, _, _ in cfg.phases(noisefree):
+    for name, _, _ in phases:
         source = args.run_dir / name / "dvclive" / "plots" / "metrics"
-        if source.is_dir():
-            shutil.copytree(source, args.plots / name)
+        if source.is_dir():  # the training curves; the system metrics stay in the run folder
+            shutil.copytree(source, args.plots / name, ignore=shutil.ignore_patterns("system"))
 
-    # evaluated here rather than taken from the run's history, so a resumed (finished) run still
-    # reports what the current code measures
-    final = Stage2Objective(model, stage1).evaluate(model, shard_batches(val_index, batch_size=cfg.train.batch_size)())
+    # evaluated from the exported model rather than taken from the run's history, so a resumed
+    # (finished) run still reports what the current code measures
+    model = Stage2Model.from_pretrained(args.model)
+    final = evaluate_stage2(model, stage1, shard_batches(val_index, batch_size=cfg.train.batch_size)())
     final["step"] = results[-1].step
     metrics = {**final, "task": task, "schedule": cfg.schedule,
-               "phases": [{"name": n, "lq": lq, "steps": s} for n, lq, s in cfg.phases(noisefree)],
+               "phases": [{"name": n, "lq": lq, "steps": s} for n, lq, s in phases],
                "parameters": sum(p.numel() for p in model.parameters()),
                "trainable_parameters": sum(p.numel() for n, p in model.named_parameters()
                                            if n.startswith(("vqgan.encoder.", "spatial_transformer.",

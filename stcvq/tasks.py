@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 from stcvq.config import check
 
 # bfvr: blind face video restoration (blur, low resolution, noise, compression);
 # deflicker: brightness flicker; deflicker-pixel: AI-render pixel flicker.
-TASKS = ("bfvr", "deflicker", "deflicker-pixel")
+Task = Literal["bfvr", "deflicker", "deflicker-pixel"]
+TASKS: tuple[str, ...] = typing.get_args(Task)
 
 
 def check_task(task: str, where: str = "task") -> str:

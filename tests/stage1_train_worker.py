@@ -4,7 +4,8 @@ Usage: python tests/stage1_train_worker.py OUT_DIR [--steps N] [--batch B] [--ac
        [--kill-at STEP] [--no-resume]
 Under DDP the usual torchrun variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) are set by
 the caller. ``--kill-at`` sends SIGKILL to this process right after that step (and its
-checkpoint, if one falls there): a hard crash, no cleanup.
+checkpoint, if one falls there): a hard crash, no cleanup. Rank 0 exports the final model to
+OUT_DIR/model, as the stage script does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stcvq.nn.vqgan import Stage1Config  # noqa: E402
 from stcvq.training.batches import TensorClips  # noqa: E402
-from stcvq.training.loop import TrainConfig  # noqa: E402
+from stcvq.training.loop import TrainConfig, export_model  # noqa: E402
+from stcvq.training.provenance import rank  # noqa: E402
 from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1  # noqa: E402
 
 
@@ -72,8 +74,11 @@ def main() -> None:
 
     data = TensorClips(synthetic_clips(12), seed=3)  # 12 clips: epochs end mid-run, the data position matters
     val = synthetic_clips(2, seed=9)
-    train_stage1(cfg, data, args.out, val_batches=lambda: [{"hq": val}], resume=not args.no_resume,
-                 on_step_end=crash if args.kill_at else None)
+    result = train_stage1(cfg, data, args.out, val_batches=lambda: [{"hq": val}], resume=not args.no_resume,
+                          on_step_end=crash if args.kill_at else None)
+    if rank() == 0:
+        export_model(result.final, Path(args.out) / "model", Path(args.out) / "dvclive", name="stage1",
+                     description="a test run")
 
 
 if __name__ == "__main__":

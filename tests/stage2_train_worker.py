@@ -2,13 +2,12 @@
 
 Usage: python tests/stage2_train_worker.py OUT_DIR [--steps N]
 Under DDP the caller sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (as torchrun does).
-Rank 0 saves the final model to OUT_DIR/model.
+Rank 0 exports the final model to OUT_DIR/model, as the stage script does.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -17,10 +16,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stcvq.nn.restorer import Stage2Config  # noqa: E402
+from stcvq.nn.restorer import PROFILES  # noqa: E402
 from stcvq.nn.vqgan import Stage1Config, Stage1Model  # noqa: E402
 from stcvq.training.batches import TensorClips  # noqa: E402
-from stcvq.training.loop import TrainConfig  # noqa: E402
+from stcvq.training.loop import TrainConfig, export_model  # noqa: E402
+from stcvq.training.provenance import rank  # noqa: E402
 from stcvq.training.stage2 import Stage2TrainConfig, train_stage2  # noqa: E402
 
 
@@ -42,14 +42,15 @@ def main() -> None:
     data, val = clips(8, 0), clips(2, 1)
     # adam_eps 1e-5: see stage1_train_worker.py (float noise on zero-gradient biases)
     cfg = Stage2TrainConfig(
-        model=Stage2Config.profile("tiny"),
+        clip_length=4, size=16, model=PROFILES["tiny"].arch,
         train=TrainConfig(steps=args.steps, batch_size=4, lr=2e-3, min_lr=1e-4, adam_eps=1e-5, ema_decay=0.9,
                           eval_every=1000, ckpt_every=1000, log_every=1, num_threads=1, num_samples=0),
         noisefree_steps=args.steps)
-    model, _ = train_stage2(cfg, stage1, lambda lq: TensorClips(data["hq"], seed=3, extra={"lq": data[lq]}), args.out,
-                            val_batches=lambda: [{"hq": val["hq"], "lq": val["lq"]}], has_noisefree=True)
-    if int(os.environ.get("RANK", "0")) == 0:
-        model.save_pretrained(Path(args.out) / "model")
+    results = train_stage2(cfg, stage1, lambda lq: TensorClips(data["hq"], seed=3, extra={"lq": data[lq]}), args.out,
+                           val_batches=lambda: [{"hq": val["hq"], "lq": val["lq"]}], has_noisefree=True)
+    if rank() == 0:
+        export_model(results[-1].final, Path(args.out) / "model", Path(args.out) / "full" / "dvclive", name="stage2",
+                     description="a test run")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -12,6 +13,7 @@ from stcvq.nn.restorer import Stage2Config
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 
 
+@pytest.mark.slow
 def test_stage1_step_reports_time_memory_and_flops():
     run = bench_stage1.measure_step("fp32-gemm-ckpt", "reference", 2, 32, 1)
     assert run["parameters"] == 39_321_091  # the published network
@@ -28,6 +30,7 @@ def test_stage1_step_reports_time_memory_and_flops():
     assert math.isclose(run["fraction_of_gemm"], run["achieved_gflop_per_s"] / run["gemm_gflop_per_s"])
 
 
+@pytest.mark.slow
 def test_stage2_step_reports_time_memory_and_flops():
     run = bench_stage2_train.measure_step("deflicker", "fp32-ckpt", 2, 64, 1, warmup=0)
     assert run["transformer"] == "6 layers x 4 heads" and run["warmup_steps"] == 0 and len(run["losses"]) == 1

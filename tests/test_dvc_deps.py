@@ -1,8 +1,10 @@
 """dvc.yaml lists, for every stage, the code the stage runs.
 
 A stage's code is the pipeline module its ``cmd`` runs plus every ``stcvq`` / ``pipeline`` file
-that importing it executes, found by reading the imports in the source (module level and inside
-functions alike, relative ones too, and the ``__init__.py`` of every package on the way). A file
+that importing it executes, found by the import walker the run fingerprints use
+(:func:`stcvq.training.provenance.imported_files`: the imports in the source, module level and
+inside functions alike, relative ones too, literal ``importlib.import_module`` calls, and the
+``__init__.py`` of every package on the way). A file
 missing from the stage's deps would let ``dvc repro`` call results current after a change there;
 a listed code file the stage never imports reruns the stage for nothing.
 """
@@ -15,57 +17,14 @@ from pathlib import Path
 import pytest
 from _dvc_stages import ROOT, stage_command, stage_template, stages
 
+from stcvq.training.provenance import imported_files, imported_names
+
 PACKAGES = ("stcvq", "pipeline")
 
 
-def module_file(name: str, root: Path) -> Path | None:
-    """The file that defines module ``name`` under ``root``, or None (not a module of ours, or a
-    name imported from a module rather than a module)."""
-    base = root.joinpath(*name.split("."))
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    if base.with_suffix(".py").is_file():
-        return base.with_suffix(".py")
-    return None
-
-
-def imported_names(path: Path, module: str) -> set[str]:
-    """Dotted names a file imports anywhere in it. ``from a import b`` gives ``a`` and ``a.b``
-    (``b`` may be a submodule); relative imports are resolved against the file's package."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
-
-
-def executed_files(module: str, root: Path, packages: tuple[str, ...] = PACKAGES) -> set[Path]:
-    """Every file of ``packages`` that ``import module`` runs, transitively: the module, the
-    ``__init__.py`` of each package above it, and what each of those imports."""
-    seen: set[str] = set()
-    files: set[Path] = set()
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        if name in seen or name.split(".")[0] not in packages:
-            continue
-        seen.add(name)
-        parts = name.split(".")
-        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # a.b.c runs a, then a.b first
-        path = module_file(name, root)
-        if path is not None:
-            files.add(path)
-            todo.extend(imported_names(path, name))
-    return files
+def executed_files(module: str, root: Path = ROOT) -> set[Path]:
+    """Every stcvq / pipeline file that ``import module`` runs (the library's import walker)."""
+    return set(imported_files(module, root, PACKAGES).values())
 
 
 def runs_code(path: Path) -> bool:
@@ -111,7 +70,9 @@ def test_the_walker_follows_every_kind_of_import(tmp_path):
     files = {
         "pkg/__init__.py": '"""Only a docstring."""\n',
         "pkg/main.py": "import json\nfrom .helpers import thing\n\n\ndef later():\n    import pkg.sub.deep\n",
-        "pkg/helpers.py": "import os\n\nthing = os.sep\n",
+        "pkg/helpers.py": "import importlib\n\nthing = importlib.import_module('pkg.plugin')\n",
+        "pkg/plugin.py": "from importlib import import_module\n\nimport_module('pkg.late')\n",
+        "pkg/late.py": "VALUE = 3\n",
         "pkg/sub/__init__.py": "LEVEL = 1\n",
         "pkg/sub/deep.py": "from pkg import leaf\nfrom .. import other\n",
         "pkg/leaf.py": "VALUE = 2\n",
@@ -122,8 +83,8 @@ def test_the_walker_follows_every_kind_of_import(tmp_path):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    found = {p.relative_to(tmp_path).as_posix() for p in executed_files("pkg.main", tmp_path, ("pkg",))}
-    assert found == {"pkg/__init__.py", "pkg/main.py", "pkg/helpers.py", "pkg/sub/__init__.py", "pkg/sub/deep.py",
-                     "pkg/leaf.py", "pkg/other.py"}
+    found = {p.relative_to(tmp_path).as_posix() for p in imported_files("pkg.main", tmp_path, ("pkg",)).values()}
+    assert found == {"pkg/__init__.py", "pkg/main.py", "pkg/helpers.py", "pkg/plugin.py", "pkg/late.py",
+                     "pkg/sub/__init__.py", "pkg/sub/deep.py", "pkg/leaf.py", "pkg/other.py"}
     assert not runs_code(tmp_path / "pkg/__init__.py") and runs_code(tmp_path / "pkg/sub/__init__.py")
     assert imported_names(tmp_path / "pkg/sub/deep.py", "pkg.sub.deep") == {"pkg", "pkg.leaf", "pkg.other"}

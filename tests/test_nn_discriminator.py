@@ -65,6 +65,7 @@ def test_missing_backbone_turns_adversarial_loss_off(tmp_path, caplog):
     assert "adversarial loss OFF" in caplog.text
 
 
+@pytest.mark.slow
 def test_training_step_with_discriminator_keeps_backbone_and_moves_heads(tmp_path):
     from stcvq.nn.vqgan import Stage1Config
     from stcvq.training.batches import TensorClips

@@ -11,7 +11,7 @@ from stcvq.config import from_dict
 from stcvq.nn.restorer import Stage2Config
 from stcvq.nn.vqgan import Stage1Config
 from stcvq.tasks import TASKS
-from stcvq.training.stage2 import Stage2Params
+from stcvq.training.stage2 import Stage2TrainConfig
 from tools import profile
 
 
@@ -58,8 +58,9 @@ def test_paper_profile_builds_the_paper_stage2_models():
     merged = _merged("paper")
     stage1 = from_dict(Stage1Config, merged["stage1"]["model"])
     for task in TASKS:
-        arch = Stage2Params.for_task(merged["stage2"], task).model
-        built = Stage2Config.build(stage1, task, merged["clips"]["length"], merged["resolution"], arch)
+        cfg = Stage2TrainConfig.for_task(merged["stage2"], task, clip_length=merged["clips"]["length"],
+                                         size=merged["resolution"])
+        built = cfg.model_config(stage1)
         paper = Stage2Config.profile("paper", task)
         assert (built.spatial, built.temporal, built.lambda_ce) == (paper.spatial, paper.temporal, paper.lambda_ce)
         assert built.spatial.layout == "reference" and built.motion_residual == "time"  # the fix is kept

@@ -127,8 +127,8 @@ def compute(task: str) -> dict:
                 decoded=decoded, stage1_output=stage1_output, trace=trace)
 
 
-@pytest.fixture(params=["bfvr", "deflicker"])
-def run(request):
+@pytest.fixture(params=[pytest.param(task, marks=pytest.mark.slow) for task in ("bfvr", "deflicker")])
+def run(request):  # the full-size published networks on a 4 x 512^2 clip: minutes on a CPU
     return compute(request.param)
 
 
@@ -171,6 +171,7 @@ def test_end_to_end_output_outside_low_margin_cells(run):
     assert np.abs(ours - theirs)[:, keep].max() <= TOL
 
 
+@pytest.mark.slow
 def test_trace_means_and_stds():
     """Per reference block, on the whole-layer bfvr run (hooks see no chunked layer)."""
     run = compute("bfvr")
@@ -209,6 +210,7 @@ def bfvr_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_import_round_trip(bfvr_file, tmp_path):
     out = reference.import_checkpoint(bfvr_file, "bfvr", tmp_path / "bfvr")
     loaded = Stage2Model.from_pretrained(out)
@@ -272,6 +274,7 @@ def test_layout_check_lists_unexpected_and_misshaped_keys():
     assert "1 mis-shaped: quantize.embedding_t.weight (512, 256) (expected (1024, 256))" in message
 
 
+@pytest.mark.slow
 def test_import_stage1_checkpoint(tmp_path):
     """A reference VQAutoEncoder3D file (encoder, quantize, generator) becomes a Stage I model
     folder with the same weights as the Stage II model's Stage I parts."""
@@ -287,6 +290,7 @@ def test_import_stage1_checkpoint(tmp_path):
         assert torch.equal(value, model.vqgan.state_dict()[key]), key
 
 
+@pytest.mark.slow
 def test_cli_downloads_from_a_local_server_then_imports(bfvr_file, tmp_path, monkeypatch):
     """`stcvq import-reference --download bfvr` against 127.0.0.1: the file lands in the user
     cache, and the imported folder records its SHA-256; a bad file is one line, exit status != 0."""

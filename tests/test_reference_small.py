@@ -105,6 +105,7 @@ def test_enhance_carphone_non_square(imported, carphone_path, tmp_path, mode):
         assert np.abs(a[:, :16, :16] - b[:, :16, :16]).mean() < 4
 
 
+@pytest.mark.slow
 def test_train_stage2_on_an_imported_reference_stage1(tmp_path):
     """A reference-format Stage I file becomes a Stage I folder that Stage II trains on with
     stcvq's own transformers and residual along time; the imported parts stay frozen."""
@@ -120,14 +121,16 @@ def test_train_stage2_on_an_imported_reference_stage1(tmp_path):
     torch.save({"params_ema": {k: rule_tensor(k, s) for k, s in reference.expected_layout(rules).items()}}, path)
     stage1 = Stage1Model.from_pretrained(reference.import_stage1_checkpoint(path, tmp_path / "stage1", stage1_config))
 
-    config = Stage2Config.build(stage1_config, "bfvr", 8, 64, Stage2Arch(width=16, ffn=32, layers=1, heads=2))
+    cfg = Stage2TrainConfig(task="bfvr", clip_length=8, size=64, model=Stage2Arch(width=16, ffn=32, layers=1, heads=2),
+                            train=TrainConfig(steps=3, batch_size=2, ema_decay=0, num_samples=0, eval_every=1000,
+                                              ckpt_every=1000, log_every=1000))
+    config = cfg.model_config(stage1.config)
     assert config.motion_residual == "time" and config.spatial.layout == "stcvq"
     g = torch.Generator().manual_seed(0)
     hq = torch.rand(4, 3, 8, 64, 64, generator=g)
     lq = (hq + 0.05 * torch.randn(hq.shape, generator=g)).clamp(0, 1)
-    cfg = Stage2TrainConfig(model=config, train=TrainConfig(steps=3, batch_size=2, ema_decay=0, num_samples=0,
-                                                           eval_every=1000, ckpt_every=1000, log_every=1000))
-    model, results = train_stage2(cfg, stage1, lambda member: TensorClips(hq, extra={"lq": lq}), tmp_path / "run")
+    results = train_stage2(cfg, stage1, lambda member: TensorClips(hq, extra={"lq": lq}), tmp_path / "run")
+    model = results[-1].final
     trained = model.state_dict()
     for key, value in stage1.state_dict().items():
         if key.startswith("encoder."):

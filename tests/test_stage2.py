@@ -15,7 +15,7 @@ from stcvq.nn.restorer import PROFILES, Stage2Arch, Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.training.batches import TensorClips
 from stcvq.training.loop import TrainConfig, train
-from stcvq.training.stage2 import Stage2Objective, Stage2Params, Stage2TrainConfig
+from stcvq.training.stage2 import Stage2Objective, Stage2TrainConfig
 
 
 def _stage1(seed: int = 0) -> Stage1Model:
@@ -54,6 +54,7 @@ def test_only_lq_encoder_and_transformers_are_trainable():
     assert trainable == {"vqgan.encoder", "spatial_transformer", "temporal_transformer"}
 
 
+@pytest.mark.slow
 def test_frozen_parts_do_not_change_in_training_but_the_trained_parts_do(tmp_path):
     stage1 = _stage1()
     model = Stage2Model.from_stage1(stage1, Stage2Config.profile("tiny"))
@@ -73,6 +74,7 @@ def test_frozen_parts_do_not_change_in_training_but_the_trained_parts_do(tmp_pat
     assert not torch.equal(trained.temporal_transformer.head.weight, head)
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_trains_stage2_to_the_same_weights(tmp_path):
     """TrainConfig.activation_checkpointing reaches the LQ encoder and both transformers and
     changes no bit."""
@@ -238,30 +240,34 @@ def test_profile_overrides_and_their_errors():
         Stage2Config.profile("tiny", widht=8)
 
 
-def test_stage2_params_merge_task_overrides_and_reject_typos():
+def test_stage2_train_config_merges_task_overrides_and_rejects_typos():
     section = {"model": {"width": 32, "ffn": 64, "layers": 1}, "schedule": "incremental", "noisefree_steps": 5,
                "train": {"steps": 7, "batch_size": 2},
                "tasks": {"bfvr": {},
                          "deflicker": {"model": {"layers": 2}, "train": {"steps": 9}, "noisefree_steps": 0}}}
-    bfvr = Stage2Params.for_task(section, "bfvr")
-    deflicker = Stage2Params.for_task(section, "deflicker")
-    assert (bfvr.model.layers, bfvr.train.steps, bfvr.noisefree_steps) == (1, 7, 5)
+    bfvr = Stage2TrainConfig.for_task(section, "bfvr", clip_length=4, size=16)
+    deflicker = Stage2TrainConfig.for_task(section, "deflicker", clip_length=4, size=16)
+    assert (bfvr.task, bfvr.model.layers, bfvr.train.steps, bfvr.noisefree_steps) == ("bfvr", 1, 7, 5)
     assert (deflicker.model.layers, deflicker.model.width,
             deflicker.train.steps, deflicker.train.batch_size) == (2, 32, 9, 2)
-    assert deflicker.noisefree_steps == 0
-    cfg = deflicker.train_config(Stage1Config.tiny(), "deflicker", clip_length=4, size=16)
-    assert cfg.model == Stage2Config.build(Stage1Config.tiny(), "deflicker", 4, 16, deflicker.model)
-    assert (cfg.train, cfg.schedule, cfg.noisefree_steps) == (deflicker.train, "incremental", 0)
+    assert (deflicker.task, deflicker.clip_length, deflicker.size, deflicker.noisefree_steps) == ("deflicker", 4, 16, 0)
+    model = deflicker.model_config(Stage1Config.tiny())
+    assert model == Stage2Config.build(Stage1Config.tiny(), "deflicker", 4, 16, deflicker.model)
+    assert (model.spatial.layers, model.spatial.heads, model.lambda_ce) == (2, 4, 0.5)  # heads, lambda: the paper's
     for bad, match in (({"noisefree_step": 3}, "unknown key"), ({"schedule": "holistc"}, "schedule"),
                        ({"tasks": {"bvfr": {}}}, "unknown task"),
                        ({"tasks": {"bfvr": {"shedule": "holistic"}}}, "unknown key"),
-                       ({"tasks": {"bfvr": {"model": {"widht": 8}}}}, "unknown key")):
+                       ({"tasks": {"bfvr": {"model": {"widht": 8}}}}, "unknown key"),
+                       ({"model": {"motion_residual": "frames"}}, "motion_residual"),
+                       ({"size": 32}, "come from the stage's task, clips.length and resolution")):
         with pytest.raises(ConfigError, match=match):
-            Stage2Params.for_task({**section, **bad}, "bfvr")
+            Stage2TrainConfig.for_task({**section, **bad}, "bfvr", clip_length=4, size=16)
+    with pytest.raises(ConfigError, match="task"):
+        Stage2TrainConfig.for_task(section, "denoise", clip_length=4, size=16)
 
 
 def test_incremental_schedule_phases():
-    cfg = Stage2TrainConfig(model=Stage2Config.profile("tiny"), train=TrainConfig(steps=30), noisefree_steps=20)
+    cfg = Stage2TrainConfig(train=TrainConfig(steps=30), noisefree_steps=20)
     assert cfg.phases(has_noisefree=True) == [("noisefree", "lq_noisefree", 20), ("full", "lq", 30)]
     assert cfg.phases(has_noisefree=False) == [("full", "lq", 50)]
     holistic = dataclasses.replace(cfg, schedule="holistic")

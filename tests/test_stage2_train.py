@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from stcvq.nn.restorer import Stage2Config, Stage2Model
+from stcvq.nn.restorer import PROFILES, Stage2Config, Stage2Model
 from stcvq.nn.vqgan import Stage1Config, Stage1Model
 from stcvq.training.batches import TensorClips
 from stcvq.training.loop import TrainConfig
 from stcvq.training.stage2 import Stage2TrainConfig, train_stage2
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 
 def _stage1() -> Stage1Model:
@@ -35,10 +39,10 @@ def _clips(n: int, seed: int) -> dict[str, torch.Tensor]:
     return {"hq": hq, "lq": lq, "lq_noisefree": noisefree}
 
 
-def _run(tmp_path, steps: int, noisefree_steps: int = 0, **train_kw):
-    train_set, val_set = _clips(16, 0), _clips(8, 1)
+def _run(tmp_path, steps: int, noisefree_steps: int = 0, data_seed: int = 0, **train_kw):
+    train_set, val_set = _clips(16, data_seed), _clips(8, 1)
     cfg = Stage2TrainConfig(
-        model=Stage2Config.profile("tiny", width=32, ffn=64, layers=2),
+        clip_length=4, size=16, model=dataclasses.replace(PROFILES["tiny"].arch, width=32, ffn=64, layers=2),
         train=TrainConfig(**{"steps": steps, "batch_size": 4, "lr": 3e-3, "min_lr": 3e-4, "ema_decay": 0,
                              "num_samples": 0, "eval_every": 1000, "ckpt_every": 1000, "log_every": 1000,
                              "grad_clip": 1.0, **train_kw}),
@@ -50,7 +54,8 @@ def _run(tmp_path, steps: int, noisefree_steps: int = 0, **train_kw):
     def val_batches():
         return [{"hq": val_set["hq"], "lq": val_set["lq"]}]
 
-    return train_stage2(cfg, _stage1(), data_for, tmp_path, val_batches=val_batches, has_noisefree=True)
+    results = train_stage2(cfg, _stage1(), data_for, tmp_path, val_batches=val_batches, has_noisefree=True)
+    return results[-1].final, results
 
 
 def test_short_training_lifts_index_accuracy_above_chance(tmp_path):
@@ -142,3 +147,16 @@ def test_a_run_left_by_other_code_starts_over(tmp_path, caplog):
     assert "code changed since the last run, starting over" in caplog.text
     assert "resumed from" not in caplog.text
     assert json.loads(run_file.read_text()) == recorded
+
+
+def test_a_run_on_other_training_data_starts_over(tmp_path, caplog):
+    """New shards under the same config and Stage I model (a changed synthesize.* param) must not
+    resume the finished run: that would export the old weights and score them on the new data."""
+    _run(tmp_path / "run", steps=2, noisefree_steps=2)
+    with caplog.at_level(logging.INFO):
+        model, _ = _run(tmp_path / "run", steps=2, noisefree_steps=2, data_seed=2)
+    assert "resumed from" not in caplog.text
+    assert "data changed since the last run, starting over" in caplog.text
+    fresh, _ = _run(tmp_path / "fresh", steps=2, noisefree_steps=2, data_seed=2)
+    for (k, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from stcvq.config import ConfigError, from_dict
@@ -103,6 +106,7 @@ def test_nan_guard_skips_the_update(tmp_path):
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
+@pytest.mark.slow
 def test_kill9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     args = ("--steps", "7", "--batch", "4", "--accum", "2")
@@ -124,6 +128,7 @@ def test_kill9_mid_run_then_resume_matches_uninterrupted(tmp_path):
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_under_the_same_code_and_starts_over_under_changed_code(tmp_path):
     """run.json covers the code Stage I runs: an edited module must not resume old checkpoints."""
     code = tmp_path / "code"  # a private copy of the package, so the test can edit it
@@ -158,6 +163,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_matches_single_process(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     args = ("--steps", "4", "--batch", "4", "--no-resume")
@@ -189,19 +195,27 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path):
     assert moved > 1e-3, moved
 
 
-def test_changed_config_starts_over_instead_of_resuming(tmp_path):
-    """An ablation (another regulariser) must not resume the previous run's finished checkpoints."""
+def _tiny_stage1(regularizer: str = "mpr"):
     from stcvq.nn.vqgan import Stage1Config
-    from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig, train_stage1
+    from stcvq.training.stage1 import Stage1LossConfig, Stage1TrainConfig
 
-    def run(regularizer):
-        cfg = Stage1TrainConfig(
-            model=Stage1Config.tiny(regularizer=regularizer),
-            loss=Stage1LossConfig(perceptual_weight=0.0, discriminator=None),
-            train=TrainConfig(steps=2, batch_size=2, eval_every=1, ckpt_every=1, ema_decay=0.0, log_every=1),
-        )
-        clips = torch.rand(4, 3, 2, 16, 16, generator=torch.Generator().manual_seed(0))
-        return train_stage1(cfg, TensorClips(clips), tmp_path, val_batches=lambda: [{"hq": clips[:2]}])
+    return Stage1TrainConfig(
+        model=Stage1Config.tiny(regularizer=regularizer),
+        loss=Stage1LossConfig(perceptual_weight=0.0, discriminator=None),
+        train=TrainConfig(steps=2, batch_size=2, eval_every=1, ckpt_every=1, ema_decay=0.0, log_every=1),
+    )
+
+
+@pytest.mark.slow
+def test_changed_config_or_data_starts_over_instead_of_resuming(tmp_path, caplog):
+    """An ablation (another regulariser) or new shards must not resume the previous run's
+    finished checkpoints."""
+    from stcvq.training.stage1 import train_stage1
+
+    def run(regularizer, data_seed=0):
+        clips = torch.rand(4, 3, 2, 16, 16, generator=torch.Generator().manual_seed(data_seed))
+        return train_stage1(_tiny_stage1(regularizer), TensorClips(clips), tmp_path,
+                            val_batches=lambda: [{"hq": clips[:2]}])
 
     def weights(result):
         return torch.cat([p.detach().flatten() for p in result.model.parameters()])
@@ -212,6 +226,56 @@ def test_changed_config_starts_over_instead_of_resuming(tmp_path):
     other = weights(run("none"))  # another config: must start over, not load the mpr run
     assert not torch.equal(other, first)
     assert '"none"' in (tmp_path / "run.json").read_text()
+    with caplog.at_level(logging.INFO):
+        new_data = weights(run("none", data_seed=1))
+    assert "data changed since the last run, starting over" in caplog.text and "resumed from" not in caplog.text
+    assert not torch.equal(new_data, other)
+
+
+def test_dvclive_writes_the_runs_own_dvc_yaml_and_never_the_repositorys(tmp_path, monkeypatch):
+    """Training metrics and the exported model artifact land in the run folder's dvc.yaml; the
+    repository's root dvc.yaml (the pipeline and its artifacts) keeps its bytes."""
+    from dvc.repo import Repo
+
+    from stcvq.training.loop import export_model
+    from stcvq.training.stage1 import train_stage1
+
+    Repo.init(str(tmp_path), no_scm=True)
+    root_yaml = tmp_path / "dvc.yaml"
+    root_yaml.write_text("stages:\n  train:\n    cmd: echo\nartifacts:\n  stage1:\n    path: models/stage1\n"
+                         "    type: model\n")
+    before = root_yaml.read_bytes()
+    monkeypatch.chdir(tmp_path)  # DVCLive finds the repository from the working directory
+    run = tmp_path / "runs" / "stage1"
+    result = train_stage1(_tiny_stage1(), TensorClips(torch.rand(4, 3, 2, 16, 16)), run)
+    export_model(result.final, tmp_path / "models" / "stage1", run / "dvclive", name="stage1",
+                 description="a tiny Stage I", labels=["stage1"])
+    assert root_yaml.read_bytes() == before
+    run_yaml = yaml.safe_load((run / "dvc.yaml").read_text())
+    assert run_yaml["metrics"] == ["dvclive/metrics.json"]
+    assert run_yaml["artifacts"]["stage1"] == {"path": "../../models/stage1", "type": "model",
+                                               "desc": "a tiny Stage I", "labels": ["stage1"]}
+    assert (tmp_path / "models" / "stage1" / "model.safetensors").is_file()
+    assert not (tmp_path / "models" / "stage1.dvc").exists()  # recorded, not cached: DVC's stage outputs do that
+
+
+def test_dvclive_logs_system_metrics_on_cpu_offline(tmp_path, caplog):
+    """CPU and RAM use reach the run's DVCLive curves every 2 s, also where NVML has no driver
+    to talk to (dvclive would otherwise fail every sample on it and log nothing)."""
+    from stcvq.training.loop import _Logger
+
+    folder = tmp_path / "dvclive"
+    logger = _Logger(folder, resume=False)
+    cpu = folder / "plots" / "metrics" / "system" / "cpu" / "usage (%).tsv"
+    try:
+        deadline = time.time() + 30
+        while not cpu.is_file() and time.time() < deadline:
+            time.sleep(0.5)
+    finally:
+        logger.close()
+    assert cpu.is_file(), sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.tsv"))
+    assert (folder / "plots" / "metrics" / "system" / "ram" / "usage (GB).tsv").is_file()
+    assert "Failed to monitor" not in caplog.text
 
 
 class Linear(TrainingHooks):

@@ -178,6 +178,8 @@ def dtype_output_difference(model, clips: torch.Tensor, dtype: str = "bf16", dev
     """How far ``model.restore(clips)`` under ``dtype`` autocast lands from float32: output
     difference on the 0..255 scale, PSNR of one against the other, and the share of code
     indices both predict alike (a flipped index changes a whole latent cell's decoded patch)."""
+    if dtype in ("float32", "fp32"):
+        raise ValueError("dtype: float32 against itself measures nothing; pick bf16 or fp16")
     model, clips = model.to(device).eval(), clips.to(device)
     outputs, indices = {}, {}
     for name in ("float32", dtype):

@@ -12,8 +12,9 @@ still flow *through* the frozen TA into E_l). The motion residual is taken along
 (dim 2), which the reference code got wrong (docs/design.md).
 
 Configs come from one builder, :meth:`Stage2Config.build` (a Stage I config, the task, the
-clips and a :class:`Stage2Arch`), or from a named profile, :meth:`Stage2Config.profile`
-(``PROFILES``: paper, embedded, tiny, reference).
+clips and a :class:`Stage2Arch`): training calls it through
+:meth:`stcvq.training.stage2.Stage2TrainConfig.model_config`, a named profile
+(``PROFILES``: paper, embedded, tiny, reference) through :meth:`Stage2Config.profile`.
 
 ``save_pretrained`` writes a self-contained folder (every weight inference needs, Stage I parts
 included; the HQ encoder is not needed for inference and is not stored) that
@@ -40,7 +41,7 @@ import torch
 from torch import nn
 
 from ..config import check, from_dict, to_dict
-from ..tasks import check_task
+from ..tasks import Task, check_task
 from .export import load_model_weights, read_model_config, save_model_folder
 from .lookup import PAPER_TRANSFORMER_DEPTH, LookupConfig, LookupTransformer
 from .vqgan import Stage1Config, Stage1Model
@@ -57,8 +58,9 @@ PAPER_LAMBDA_CE: dict[str, float] = {"bfvr": 1.0, "deflicker": 0.5, "deflicker-p
 
 @dataclass(frozen=True)
 class Stage2Arch:
-    """The Stage II choices a params file sets; the rest follows from Stage I and the clips.
-    None: the paper's value for the task."""
+    """The Stage II choices a params file sets (``stage2.model``); the rest follows from Stage I
+    and the clips. None: the paper's value for the task. Checked where they land, in the
+    :class:`Stage2Config` and :class:`LookupConfig` that :meth:`Stage2Config.build` makes."""
 
     width: int = 256
     ffn: int = 512
@@ -79,15 +81,10 @@ class Stage2Arch:
     # trained with; only for running or fine-tuning the imported checkpoints.
     motion_residual: Literal["time", "reference"] = "time"
 
-    def __post_init__(self) -> None:
-        check(self.layout in ("stcvq", "reference"), f"layout must be stcvq or reference, got {self.layout!r}")
-        check(self.motion_residual in ("time", "reference"),
-              f"motion_residual must be time or reference, got {self.motion_residual!r}")
-
 
 @dataclass
 class Stage2Config:
-    task: str = "bfvr"
+    task: Task = "bfvr"  # checked by build, which reads the task's paper values, and by from_dict
     stage1: Stage1Config = field(default_factory=Stage1Config)
     spatial: LookupConfig = field(default_factory=LookupConfig)  # T_S
     temporal: LookupConfig = field(default_factory=LookupConfig)  # T_T
@@ -102,7 +99,6 @@ class Stage2Config:
     motion_residual: Literal["time", "reference"] = "time"
 
     def __post_init__(self) -> None:
-        check_task(self.task)
         check(self.clip_length >= 1 and self.size >= 1, "clip_length and size must be >= 1")
         check(self.size % self.stage1.spatial_factor == 0,
               f"size {self.size} must be a multiple of Stage I's spatial factor {self.stage1.spatial_factor}")
@@ -135,8 +131,7 @@ class Stage2Config:
               arch: Stage2Arch = Stage2Arch()) -> "Stage2Config":
         """The config whose transformers fit ``stage1`` and the latent grid of clip_length x
         size^2 clips, with ``arch``'s choices (None: the paper's value for ``task``)."""
-        check_task(task)
-        layers, heads = PAPER_TRANSFORMER_DEPTH[task]
+        layers, heads = PAPER_TRANSFORMER_DEPTH[check_task(task)]
         grid = latent_grid(stage1, clip_length, size)
 
         def lookup(codes: int) -> LookupConfig:

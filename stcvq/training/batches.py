@@ -5,17 +5,21 @@ micro-batches it consumed, so resuming is asking again and skipping. :class:`Sha
 answers with a :class:`stcvq.data.shards.ClipDataset` built for exactly that request (seeded per
 epoch, disjoint across ranks, last partial batch dropped so every rank steps in lockstep);
 :class:`TensorClips` with a seeded permutation of clips held in memory (tests, benchmarks).
+Each source has a ``fingerprint()`` of its clips, which the run fingerprint records
+(:mod:`stcvq.training.provenance`): new data starts a run over instead of resuming it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from stcvq.data.shards import ClipDataset, _identity, load_index
+from stcvq.data.shards import ClipDataset, _identity, _read_all, load_index
+from stcvq.training.provenance import tensors_fingerprint
 
 
 class ShardClips:
@@ -29,6 +33,18 @@ class ShardClips:
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the bytes of each index (or plain tar) in ``sources``, in order. An index
+        lists every member's size and CRC32, so it changes whenever a clip does; a plain tar is
+        read whole."""
+        sources = [self.sources] if isinstance(self.sources, (str, Path)) else self.sources
+        digest = hashlib.sha256()
+        for source in map(str, sources):
+            data = _read_all(source)
+            digest.update(f"{len(data)}\0".encode())
+            digest.update(data)
+        return digest.hexdigest()
 
     def batches(self, epoch: int, rank: int, world_size: int, batch_size: int) -> Iterator[dict[str, Any]]:
         dataset = ClipDataset(self.sources, batch_size=batch_size, lq=self.lq, seed=self.seed, epoch=epoch,
@@ -50,6 +66,10 @@ class TensorClips:
 
     def __len__(self) -> int:
         return len(self.clips)
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the seed and every tensor (``key``'s and the extras'), names and shapes included."""
+        return tensors_fingerprint({self.key: self.clips, **self.extra}, header=f"seed {self.seed}")
 
     def batches(self, epoch: int, rank: int, world_size: int, batch_size: int) -> Iterator[dict[str, Any]]:
         order = torch.randperm(len(self.clips), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))

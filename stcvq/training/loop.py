@@ -12,7 +12,11 @@ brings:
   after ``max_bad_steps`` in a row), cosine schedule with linear warmup, EMA of the generator;
 - checkpoints (:class:`Checkpoints`) with everything needed to resume bit-exactly on CPU;
 - DVCLive logging (when dvclive is installed) of losses, codebook statistics, learning rate,
-  evaluations and sample images; python logging always.
+  evaluations, sample images and system metrics (CPU, RAM, disk, GPU); python logging always.
+
+The loop returns a :class:`TrainResult`; its ``final`` model (the EMA weights) is what a stage
+script exports with :func:`export_model`. Whether a run folder may be resumed is
+:mod:`stcvq.training.provenance`'s question.
 
 Data: a :class:`ClipSource` yields this process's micro-batches for an epoch; a
 :class:`BatchStream` keeps (epoch, micro-batches consumed) and on resume asks for the same epoch
@@ -22,11 +26,9 @@ batch size).
 
 from __future__ import annotations
 
-import ast
 import atexit
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -45,8 +47,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from stcvq.config import ConfigError, check, to_dict
-from stcvq.io import write_text
+from stcvq.io import atomic_folder, write_text
 from stcvq.nn.runtime import autocast
+from stcvq.training.provenance import rank
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +139,14 @@ class TrainingHooks:
 class ClipSource(Protocol):
     def batches(self, epoch: int, rank: int, world_size: int, batch_size: int) -> Iterator[dict[str, Any]]: ...
 
+    def fingerprint(self) -> str:
+        """A digest of the clips: another digest means other training data."""
+        ...
+
 
 # -- distributed helpers ----------------------------------------------------------------------
 def _dist_on() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if _dist_on() else 0
 
 
 def _world() -> int:
@@ -249,74 +252,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def code_fingerprint(*roots: str) -> dict[str, Any]:
-    """SHA-256 over the source of the ``stcvq`` modules that ``roots`` import, transitively.
-
-    The closure is read from the source files (every ``import`` naming a ``stcvq`` module, at
-    module level or inside a function, relative imports included), not from ``sys.modules``, so
-    the same code gives the same digest whatever else the process has imported. A module counts
-    with its packages' ``__init__`` files. The digest runs over (module name, source bytes),
-    sorted by module name. Not covered: code outside ``stcvq`` (the stage scripts under
-    ``pipeline/``, torch and the other libraries)."""
-    package_dir = Path(__file__).resolve().parent
-    package = package_dir.name
-
-    def source(name: str) -> Path | None:
-        parts = name.split(".")[1:]
-        candidates = [package_dir.joinpath(*parts, "__init__.py")]
-        if parts:
-            candidates.insert(0, package_dir.joinpath(*parts[:-1], parts[-1] + ".py"))
-        return next((c for c in candidates if c.is_file()), None)
-
-    files: dict[str, bytes] = {}
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        if name in files or not (name == package or name.startswith(package + ".")):
-            continue
-        path = source(name)
-        if path is None:  # a name imported from a module, not a submodule
-            continue
-        files[name] = path.read_bytes()
-        parts = name.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b
-        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(files[name], filename=str(path))):
-            if isinstance(node, ast.Import):
-                todo += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative: level 1 is this package, 2 its parent, ...
-                    anchor = here.rsplit(".", node.level - 1)[0]
-                    base = f"{anchor}.{base}" if base else anchor
-                todo += [base] + [f"{base}.{alias.name}" for alias in node.names]  # a name may be a submodule
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(f"{name}\0{len(files[name])}\0".encode())  # unambiguous concatenation
-        digest.update(files[name])
-    return {"sha256": digest.hexdigest(), "modules": sorted(files)}
-
-
-def reset_stale_run(out_dir: str | Path, fingerprint: dict[str, Any]) -> None:
-    """Wipe ``out_dir`` when it holds a run of another config, data or code, then record ``fingerprint``.
-
-    Checkpoints persist between `dvc repro` runs so a killed run resumes; without this check a
-    changed config (an ablation) or changed code (a new loss) would resume, or silently return,
-    the old run's weights. The stages put :func:`code_fingerprint` under ``"code"``."""
-    out_dir = Path(out_dir)
-    run_file = out_dir / "run.json"
-    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 owns the run folder
-        return
-    if run_file.is_file():
-        old = json.loads(run_file.read_text())
-        changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        if changed:
-            log.info("%s: %s changed since the last run, starting over", out_dir, ", ".join(changed))
-            shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
 
 
 def seed_everything(seed: int) -> None:
@@ -435,15 +370,15 @@ class Checkpoints:
 
     def save(self, state: TrainState, config: dict[str, Any]) -> None:
         """Every process calls this: each writes its RNG states, rank 0 the rest."""
-        rank, name = _rank(), f"step_{state.step:08d}"
+        this_rank, name = rank(), f"step_{state.step:08d}"
         final, tmp = self.root / name, self.root / f".tmp_{name}"
-        if rank == 0:
+        if this_rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         _barrier()
-        save_state(tmp, f"rng_rank{rank}", _rng_state())
+        save_state(tmp, f"rng_rank{this_rank}", _rng_state())
         _barrier()
-        if rank == 0:
+        if this_rank == 0:
             save_file(_tensors(state.model), str(tmp / "model.safetensors"))
             if state.ema is not None:
                 save_file(_tensors(state.ema.model), str(tmp / "ema.safetensors"))
@@ -461,9 +396,9 @@ class Checkpoints:
         _barrier()
 
     def load(self, folder: Path, state: TrainState, device: torch.device) -> None:
-        rank = _rank()
-        if not (folder / f"rng_rank{rank}.json").is_file():
-            raise RuntimeError(f"{folder}: no RNG state for rank {rank}; resume with the same number of processes")
+        this_rank = rank()
+        if not (folder / f"rng_rank{this_rank}.json").is_file():
+            raise RuntimeError(f"{folder}: no RNG state for rank {this_rank}; resume with the same number of processes")
         meta = json.loads((folder / "state.json").read_text())
         state.model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
         if state.ema is not None:
@@ -473,7 +408,7 @@ class Checkpoints:
         state.scheduler.load_state_dict(optim["scheduler"])
         state.scaler.load_state_dict(optim["scaler"])
         state.objective.load_state_dict(load_state(folder, "objective"))
-        _set_rng_state(load_state(folder, f"rng_rank{rank}"))
+        _set_rng_state(load_state(folder, f"rng_rank{this_rank}"))
         state.step, state.bad_steps, state.history = meta["step"], meta["bad_steps"], meta["history"]
         state.batches.load_state_dict(meta)
         log.info("resumed from %s at step %d (epoch %d, micro-batch %d)", folder, state.step, meta["epoch"],
@@ -481,19 +416,55 @@ class Checkpoints:
 
 
 # -- logging ----------------------------------------------------------------------------------
+def _open_live(folder: Path, resume: bool):
+    """DVCLive's ``Live`` on ``folder`` (None without dvclive). Its dvc.yaml (the run's metrics,
+    plots and model artifacts) goes beside ``folder``, in the run folder: never into the
+    repository's root dvc.yaml, which declares the pipeline and its artifacts. The run folders are
+    git-ignored stage outputs, so DVC itself does not collect the run's dvc.yaml."""
+    try:
+        from dvclive import Live
+    except ImportError:
+        return None
+    dvcyaml = None if (folder.parent / ".dvc").is_dir() else str(folder.parent / "dvc.yaml")
+    dvclive_log = logging.getLogger("dvclive")
+    level = dvclive_log.level
+    dvclive_log.setLevel(logging.ERROR)  # it warns that the run's dvc.yaml lies inside a stage's output
+    try:
+        return Live(dir=str(folder), resume=resume, save_dvc_exp=False, dvcyaml=dvcyaml, report=None)
+    finally:
+        dvclive_log.setLevel(level)
+
+
+def _monitor_system(live, folder: Path) -> None:
+    """DVCLive's system metrics (CPU, RAM, the run folder's disk; GPU through NVML), sampled in a
+    thread every 0.1 s and logged every 2 s under ``system/``."""
+    from dvclive import monitor_system
+
+    if monitor_system.GPU_AVAILABLE:
+        from pynvml import NVMLError, nvmlInit, nvmlShutdown
+
+        try:
+            nvmlInit()
+            nvmlShutdown()
+        except NVMLError:
+            # dvclive samples NVML first in every sample: without an NVIDIA driver each sample
+            # fails and not even the CPU metrics are logged
+            monitor_system.GPU_AVAILABLE = False
+    live.monitor_system(interval=0.1, num_samples=20, directories_to_monitor={"run": str(folder)})
+
+
 class _Logger:
     """DVCLive when available (rank 0 only), python logging always."""
 
     def __init__(self, folder: Path | None, resume: bool):
         self.live = None
-        if folder is None or _rank() != 0:
+        if folder is None or rank() != 0:
             return
-        try:
-            from dvclive import Live
-        except ImportError:
+        self.live = _open_live(folder, resume)
+        if self.live is None:
             log.info("dvclive not installed: metrics go to the log only")
             return
-        self.live = Live(dir=str(folder), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+        _monitor_system(self.live, folder)
 
     def metrics(self, step: int, values: dict[str, float], prefix: str) -> None:
         if self.live is not None:
@@ -509,8 +480,24 @@ class _Logger:
                 self.live.log_image(f"{k}.png", v)
 
     def close(self) -> None:
+        """Ends the DVCLive run, which stops its system-monitor thread (a live thread would keep
+        the process from exiting)."""
         if self.live is not None:
             self.live.end()
+            self.live = None
+
+
+def export_model(model: nn.Module, folder: str | Path, live_dir: str | Path, name: str, description: str,
+                 labels: list[str] | None = None) -> None:
+    """Write ``model`` to ``folder`` with its ``save_pretrained`` (atomically: the folder appears
+    whole or not at all) and record it as a model artifact of the DVCLive run in ``live_dir``
+    (the ``artifacts:`` section of the run's own dvc.yaml, see :func:`_open_live`). The artifact
+    is not cached or copied: under `dvc repro` the model folder is a stage output already."""
+    with atomic_folder(folder) as staging:
+        model.save_pretrained(staging)
+    if (live := _open_live(Path(live_dir), resume=True)) is not None:
+        live.log_artifact(str(folder), type="model", name=name, desc=description, labels=labels, cache=False)
+        live.end()
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -522,6 +509,11 @@ class TrainResult:
     history: list[dict[str, float]]  # every evaluation: {"step": ..., metric: ...}
     bad_steps: int
     objective: Objective | None = None  # the trained objective (Stage I's holds its discriminator)
+
+    @property
+    def final(self) -> nn.Module:
+        """What a stage exports: the EMA weights, the model's when EMA is off."""
+        return self.ema_model if self.ema_model is not None else self.model
 
 
 def _mean_logs(logs: list[dict[str, Any]]) -> dict[str, float]:
@@ -544,7 +536,7 @@ def _initial_state(objective: Objective, hooks: TrainingHooks, data: ClipSource,
             raise ConfigError(f"activation_checkpointing: {type(model).__name__} has no set_activation_checkpointing()")
         model.set_activation_checkpointing(True)
     hooks.setup(cfg, device)
-    batches = BatchStream(data, cfg.batch_size // per_step, device, _rank(), world)
+    batches = BatchStream(data, cfg.batch_size // per_step, device, rank(), world)
     return TrainState(model, ema, optimizer, scheduler, scaler, hooks, batches)
 
 
@@ -583,7 +575,7 @@ def _evaluate(objective: Objective, state: TrainState, val_batches: Callable[[],
     """Rank 0 scores the EMA weights (the model's when EMA is off); the other processes wait."""
     if val_batches is None:
         return
-    if _rank() == 0:
+    if rank() == 0:
         model = state.ema.model if state.ema is not None else state.model
         was_training = model.training
         model.eval()
@@ -613,7 +605,7 @@ def _progress_bar(cfg: TrainConfig, initial: int):
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         return None
-    return tqdm(total=cfg.steps, initial=initial, disable=_rank() != 0, desc="train", mininterval=5)
+    return tqdm(total=cfg.steps, initial=initial, disable=rank() != 0, desc="train", mininterval=5)
 
 
 def train(
@@ -637,7 +629,7 @@ def train(
     device = _setup_distributed()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    seed_everything(cfg.seed + _rank())
+    seed_everything(cfg.seed + rank())
     hooks = objective if isinstance(objective, TrainingHooks) else TrainingHooks()
     state = _initial_state(objective, hooks, data, cfg, device)
     checkpoints = Checkpoints(out_dir / "checkpoints", cfg.keep_checkpoints)
@@ -646,55 +638,56 @@ def train(
     model = state.model
     if _world() > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    logger = _Logger(out_dir / "dvclive", resume=state.step > 0)
-    state.model.train()
-    if state.step == 0:
-        _evaluate(objective, state, val_batches, cfg, device, logger)
-    progress = _progress_bar(cfg, state.step)
-    t0, window, bad_in_row = time.time(), [], 0
-    while state.step < cfg.steps:
-        # forward backward: grad_accum micro-batches, DDP syncing on the last
-        state.optimizer.zero_grad(set_to_none=True)
-        hooks.before_step(state.step)
-        step_logs = [_forward_backward(objective, model, state.batches.next(), cfg, state.scaler, device,
-                                       sync=k == cfg.grad_accum - 1) for k in range(cfg.grad_accum)]
-
-        # update: the generator (or a skipped non-finite step), the EMA, the objective's own part
-        grad_norm, updated = _optimizer_step(state, step_logs, cfg, device)
-        bad_in_row = 0 if updated else bad_in_row + 1
-        if not updated:
-            state.bad_steps += 1
-            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", state.step, bad_in_row)
-            if bad_in_row > cfg.max_bad_steps:
-                raise RuntimeError(f"{bad_in_row} non-finite steps in a row at step {state.step}: giving up")
-        if state.ema is not None:
-            state.ema.update(state.model, state.step)
-        update_logs = {k: float(v) for k, v in hooks.after_update(state.step).items()}
-        state.step += 1
-
-        # timing and logging
-        lr = state.scheduler.get_last_lr()[0]
-        window.append(_mean_logs(step_logs) | update_logs | {"grad_norm": float(grad_norm), "lr": lr})
-        if progress is not None:
-            progress.update(1)
-        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            _log_window(logger, state.step, window, time.time() - t0)
-            t0, window = time.time(), []
-
-        # evaluate and checkpoint
-        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+    # closing the logger ends DVCLive's system-monitor thread, which would keep a failed run alive
+    with contextlib.closing(_Logger(out_dir / "dvclive", resume=state.step > 0)) as logger:
+        state.model.train()
+        if state.step == 0:
             _evaluate(objective, state, val_batches, cfg, device, logger)
-        if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
-            checkpoints.save(state, to_dict(cfg))
-        if on_step_end is not None:
-            on_step_end(state.step)
-    if progress is not None:
-        progress.close()
-    logger.close()
+        progress = _progress_bar(cfg, state.step)
+        t0, window, bad_in_row = time.time(), [], 0
+        while state.step < cfg.steps:
+            # forward backward: grad_accum micro-batches, DDP syncing on the last
+            state.optimizer.zero_grad(set_to_none=True)
+            hooks.before_step(state.step)
+            step_logs = [_forward_backward(objective, model, state.batches.next(), cfg, state.scaler, device,
+                                           sync=k == cfg.grad_accum - 1) for k in range(cfg.grad_accum)]
+
+            # update: the generator (or a skipped non-finite step), the EMA, the objective's own part
+            grad_norm, updated = _optimizer_step(state, step_logs, cfg, device)
+            bad_in_row = 0 if updated else bad_in_row + 1
+            if not updated:
+                state.bad_steps += 1
+                log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)", state.step,
+                            bad_in_row)
+                if bad_in_row > cfg.max_bad_steps:
+                    raise RuntimeError(f"{bad_in_row} non-finite steps in a row at step {state.step}: giving up")
+            if state.ema is not None:
+                state.ema.update(state.model, state.step)
+            update_logs = {k: float(v) for k, v in hooks.after_update(state.step).items()}
+            state.step += 1
+
+            # timing and logging
+            lr = state.scheduler.get_last_lr()[0]
+            window.append(_mean_logs(step_logs) | update_logs | {"grad_norm": float(grad_norm), "lr": lr})
+            if progress is not None:
+                progress.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                _log_window(logger, state.step, window, time.time() - t0)
+                t0, window = time.time(), []
+
+            # evaluate and checkpoint
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                _evaluate(objective, state, val_batches, cfg, device, logger)
+            if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
+                checkpoints.save(state, to_dict(cfg))
+            if on_step_end is not None:
+                on_step_end(state.step)
+        if progress is not None:
+            progress.close()
     return TrainResult(state.model, state.ema.model if state.ema is not None else None, state.step, state.history,
                        state.bad_steps, objective)
 
 
 __all__ = ["BatchStream", "Checkpoints", "ClipSource", "EMA", "Objective", "StepOutput", "TrainConfig", "TrainResult",
-           "TrainState", "TrainingHooks", "average_gradients", "load_state", "lr_factor", "save_state",
-           "seed_everything", "train"]
+           "TrainState", "TrainingHooks", "average_gradients", "export_model", "load_state", "lr_factor",
+           "save_state", "seed_everything", "train"]

@@ -1,14 +1,13 @@
 """Stage I training: the objective (L1 + perceptual + VQ/MPR + adversarial) and the entry point.
 
 ``train_stage1(cfg, data, out_dir, val_batches)`` trains with :func:`stcvq.training.loop.train` and
-writes the EMA model (the trained model when EMA is off) with ``save_pretrained`` to
-``out_dir/model``, plus the final evaluation.
+returns its result; the stage script exports ``result.final`` (the EMA weights) with
+``save_pretrained``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stcvq.config import check, to_dict
+from stcvq.config import check
 from stcvq.nn.discriminator import BACKBONES, FeatureDiscriminator, build_discriminator, hinge_d_loss, hinge_g_loss
 from stcvq.nn.losses import build_perceptual_loss
 from stcvq.nn.quantize import codebook_stats
@@ -30,11 +29,10 @@ from stcvq.training.loop import (
     TrainingHooks,
     TrainResult,
     average_gradients,
-    code_fingerprint,
-    reset_stale_run,
     train,
 )
 from stcvq.training.monitor import clip_grid, psnr_per_clip
+from stcvq.training.provenance import reset_stale_run, run_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -235,24 +233,19 @@ def train_stage1(
     data: ClipSource,
     out_dir: str | Path,
     val_batches: Callable[[], Iterable[dict[str, Any]]] | None = None,
-    data_fingerprint: str | None = None,
     **train_kwargs,
 ) -> TrainResult:
-    """Train Stage I; the exported model (EMA weights) lands in ``out_dir/model``.
+    """Train Stage I in ``out_dir`` (checkpoints, DVCLive); ``result.final`` is the model to export.
 
-    A run folder left by another config, ``data_fingerprint`` or code (this module, the shard
-    loader :mod:`stcvq.training.batches` and every ``stcvq`` module they import) is wiped first, so neither an
-    ablation nor a code change resumes the previous run's checkpoints."""
-    reset_stale_run(out_dir, {"config": to_dict(cfg), "data": data_fingerprint,
-                              "code": code_fingerprint(__name__, "stcvq.training.batches")})
+    A run folder left by another config, other data (``data.fingerprint()``) or other code (this
+    module, the data sources of :mod:`stcvq.training.batches` and every ``stcvq`` module they
+    import) is wiped first (:mod:`stcvq.training.provenance`), so neither an ablation nor new
+    shards nor a code change resumes the previous run's checkpoints."""
+    reset_stale_run(out_dir, run_fingerprint(cfg, [data], code=(__name__, "stcvq.training.batches")))
     torch.manual_seed(cfg.train.seed)  # same initial weights on every process
     model = Stage1Model(cfg.model)
     objective = Stage1Objective(model, cfg.loss, cfg.train.num_samples)
-    result = train(objective, data, cfg.train, out_dir, val_batches=val_batches, **train_kwargs)
-    final = result.ema_model if result.ema_model is not None else result.model
-    if int(os.environ.get("RANK", "0")) == 0:
-        final.save_pretrained(Path(out_dir) / "model")
-    return result
+    return train(objective, data, cfg.train, out_dir, val_batches=val_batches, **train_kwargs)
 
 
 __all__ = ["AdversarialLoss", "Stage1LossConfig", "Stage1Objective", "Stage1TrainConfig", "evaluate_stage1",
