@@ -204,13 +204,13 @@ class FaceCrop:
 def fixed_square(track: FaceTrack, width: int, height: int) -> tuple[int, int, int]:
     """The square (x0, y0, side) around every square of ``track`` (each clipped to the frame),
     shifted into the frame and shrunk to fit it if needed: one box that holds the face all along."""
+    from stcvq.faces.tracks import fit_square
+
     x0, y0, side = track.squares[:, 0], track.squares[:, 1], track.squares[:, 2]
     fx0, fy0 = max(int(x0.min()), 0), max(int(y0.min()), 0)
     fx1, fy1 = min(int((x0 + side).max()), width), min(int((y0 + side).max()), height)
-    square = max(1, min(max(fx1 - fx0, fy1 - fy0), width, height))
-    sx = min(max(int(round((fx0 + fx1 - square) / 2)), 0), width - square)
-    sy = min(max(int(round((fy0 + fy1 - square) / 2)), 0), height - square)
-    return sx, sy, square
+    square = max(fx1 - fx0, fy1 - fy0)
+    return fit_square(round((fx0 + fx1 - square) / 2), round((fy0 + fy1 - square) / 2), square, width, height)
 
 
 # ---------------------------------------------------------------------------------------
