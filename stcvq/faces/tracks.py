@@ -1,7 +1,8 @@
 """Face tracks: every face of every shot, followed over time by a smooth square crop.
 
 1. Detect. dlib (HOG by default, :mod:`stcvq.faces.detection`) on every ``detect_every``-th frame
-   of each shot and on its last frame, on a copy shrunk to at most ``detect_max_side``; the boxes
+   of each shot and on its last frame (a face that enters mid-shot is picked up at most
+   ``detect_every - 1`` frames late), on a copy shrunk to at most ``detect_max_side``; the boxes
    are scaled back to frame pixels. Faces whose side (mean of box width and height) is below
    ``min_face`` are ignored.
 2. Link, within each shot only. Each detection frame's faces are matched to the open tracks by
@@ -13,8 +14,10 @@
    few faces, and a Kalman motion model buys nothing for faces that move a fraction of their size
    per frame; norfair needs numpy < 2, and ByteTrack (supervision) found the same tracks on the
    test footage while pulling matplotlib in.
-3. Fill and smooth. Tracks shorter than ``min_track_frames`` are dropped; per shot the
-   ``max_faces`` largest (median side) are kept. The centre and side of the frames between
+3. Fill and smooth. Tracks shorter than ``min_track_frames``, or found on fewer than
+   ``min_detected`` of the detection frames they span (a false detection flickers: on Big Buck
+   Bunny HOG saw a "face" on 3 of 12), are dropped; per shot the ``max_faces`` largest (median
+   side) are kept. The centre and side of the frames between
    detections are interpolated linearly, then each is smoothed over time with a Savitzky-Golay
    filter (``smooth_window`` frames, polynomial ``smooth_order``): it removes the detector's
    frame-to-frame jitter but, being a local polynomial fit, follows a face that moves or zooms
@@ -49,12 +52,16 @@ _UNMATCHED = 1e6  # cost of a pair the linker must not match
 class TrackConfig:
     detector: Literal["hog", "cnn"] = "hog"
     upsample: int = 1  # HOG finds faces from about 40 px with one doubling, 80 px without
-    detect_every: int = 1  # detect on every k-th frame of a shot (and its last); the rest are interpolated
+    # detect on every k-th frame of a shot (and its last), interpolate the rest: on the test footage
+    # k = 3 missed no face-frame of every-frame detection, centre 0.035 vs 0.033 face sides off, at 1/3
+    # of the cost (benchmarks/bench_tracking.py --miss-rate)
+    detect_every: int = 3
     detect_max_side: int = 640  # frames are shrunk to this longer side before detection
     min_face: int = 40  # px, face side in frame pixels: smaller detections are ignored
     max_faces: int = 16  # at most this many tracks per shot, largest first
     enlarge: float = 1.3  # crop square side / smoothed face side (the crop stage's rule)
     min_track_frames: int = 10  # shorter tracks are dropped (false detections rarely last)
+    min_detected: float = 0.5  # fraction of a track's detection frames with a real detection, else dropped
     max_gap: int = 15  # frames a track may go undetected and be filled by interpolation
     link_distance: float = 0.6  # centre distance, in face sides, within which a face continues a track
     max_side_change: float = 1.5  # a face continues a track only if the sides differ by at most this factor
@@ -70,6 +77,7 @@ class TrackConfig:
         check(self.max_faces >= 1, f"max_faces must be >= 1, got {self.max_faces}")
         check(self.enlarge >= 1.0, f"enlarge must be >= 1, got {self.enlarge}")
         check(self.min_track_frames >= 1, f"min_track_frames must be >= 1, got {self.min_track_frames}")
+        check(0.0 <= self.min_detected <= 1.0, f"min_detected must be in [0, 1], got {self.min_detected}")
         check(self.max_gap >= self.detect_every - 1,
               f"max_gap must be >= detect_every - 1 = {self.detect_every - 1} (the frames between two "
               f"detections), got {self.max_gap}")
@@ -210,7 +218,14 @@ def tracks_of_shot(
 ) -> list[FaceTrack]:
     """The face tracks of one shot from its detections (frame, boxes); ids count from ``first_id``."""
     inside = [(f, boxes) for f, boxes in sorted(detections, key=lambda d: d[0]) if shot.first <= f < shot.end]
-    linked = [t for t in link_shot(inside, config) if t.frames[-1] + 1 - t.frames[0] >= config.min_track_frames]
+    searched = np.array([f for f, _ in inside])
+
+    def wanted(track: _OpenTrack) -> bool:
+        first, last = track.frames[0], track.frames[-1]
+        spanned = int(((searched >= first) & (searched <= last)).sum())
+        return last + 1 - first >= config.min_track_frames and len(track.frames) >= config.min_detected * spanned
+
+    linked = [t for t in link_shot(inside, config) if wanted(t)]
     linked.sort(key=lambda t: (-float(np.median([face_side(b) for b in t.boxes])), t.frames[0]))
     linked = sorted(linked[:config.max_faces], key=lambda t: (t.frames[0], t.boxes[0].x0, t.boxes[0].y0))
     tracks = []
