@@ -81,9 +81,9 @@ class StreamConfig:
     dtype: str = "float32"  # float32 | bf16 | fp16 (autocast)
     crf: int = 15  # x264 quality of the written output
     framing: Framing = "auto"  # face tracks, one face-crop square, whole-frame, or chosen per video
-    # auto: whole-frame when one face at a time covers this much of the frame on most frames (a face crop;
-    # carphone x4 cut to 360^2 around the face: 44-54%; a scene's faces cover a few percent each)
-    face_max_fraction: float = 0.4
+    # auto: whole-frame when one face at a time covers this much of the frame on most frames (a face
+    # crop; a close-up in a wider frame, e.g. carphone x3 in 352x288, covers about 42%)
+    face_max_fraction: float = 0.5
     feather: float = 0.1  # feathered border of a pasted square, as a fraction of its side
     fidelity: float = 0.0  # 0: the looked-up codes; 1: the LQ encoder's own latent (Stage2Model.restore)
     blend_input: float = 0.0  # share of the input frame in the output frame
