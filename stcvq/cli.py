@@ -270,10 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="enhance the whole frame (for videos that already are face crops)")
     # auto: tracks when faces are found, whole-frame when there is none or one face fills the frame
     enhance.set_defaults(framing="auto")
+    # the defaults in these two helps are TrackConfig's (tests/test_enhance_cli.py checks)
     enhance.add_argument("--min-face", type=_int_range(1), metavar="PX",
                          help="smallest face side in pixels that is tracked and enhanced (default 40)")
     enhance.add_argument("--max-faces", type=_int_range(1), metavar="N",
-                         help="most faces tracked at once, the largest first")
+                         help="most face tracks per shot, the largest faces first (default 16)")
     enhance.add_argument("--fidelity", type=_unit_float, default=0.0, metavar="W",
                          help="0..1: 0 decodes the model's looked-up codes (default), 1 its encoder's own latent, "
                               "which keeps more of the input")

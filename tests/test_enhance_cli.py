@@ -384,3 +384,13 @@ def test_fidelity_reaches_the_model_and_changes_only_the_faces(tmp_path, clips, 
     # far from it the same input pixels: only x264's rate control differs (a frame's quantiser
     # follows its complexity, which the face's content changes)
     assert difference[:, :20].mean() < 1.5 and difference[-15:].mean() < 1.5
+
+
+def test_help_states_the_trackers_defaults():
+    from stcvq.cli import build_parser
+    from stcvq.faces.tracks import TrackConfig
+
+    enhance = build_parser()._subparsers._group_actions[0].choices["enhance"]
+    helps = {a.dest: a.help for a in enhance._actions}
+    assert f"(default {TrackConfig().min_face})" in helps["min_face"]
+    assert f"(default {TrackConfig().max_faces})" in helps["max_faces"]
