@@ -54,7 +54,7 @@ def clips(tmp_path_factory, carphone_path) -> dict[str, Path]:
     _ffmpeg("-i", str(carphone_path), *sine, "-frames:v", str(FRAMES), *h264, str(out["carphone"]))
     _ffmpeg("-i", str(out["carphone"]), "-vf", "scale=704:576:flags=lanczos", "-c:a", "copy",
             "-c:v", "libx264", "-crf", "16", "-preset", "veryfast", "-threads", "1", str(out["carphone_x4"]))
-    # a user's face crop: 320^2 of the x4 upscale around the face, whose square covers 55-70% of it
+    # a user's face crop: 320^2 of the x4 upscale around the face, whose square covers 57-58% of it
     _ffmpeg("-i", str(out["carphone_x4"]), "-vf", "crop=320:320:184:100", "-c:a", "copy",
             "-c:v", "libx264", "-crf", "16", "-threads", "1", str(out["face"]))
     # 3 of every 10 frames (gaps of 1/30 s and 8/30 s), timestamps kept, audio over the whole span
