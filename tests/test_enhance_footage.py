@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
-from _footage import Footage, build_cuts, build_gap, build_pair, build_pan
+from _footage import Footage, build_cuts
+from test_enhance_cli import _audio_seconds, _times, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 from stcvq.faces import tracks as faces_tracks
 from stcvq.inference.enhance import EnhanceReport, StreamConfig, enhance_file, output_pix_fmt
@@ -31,16 +31,7 @@ from stcvq.media import video
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 
 TRAINED = Path("/work/base/models/stage2-bfvr")  # the pipeline's bfvr model on the embedded default
-BUILDERS = {"cuts": build_cuts, "pan": build_pan, "pair": build_pair, "gap": build_gap}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two spinning threads are 4x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+FOOTAGE = ("cuts", "pan", "pair", "gap")  # tests/conftest.py's footage_* fixtures (tests/_footage.py)
 
 
 class Run:
@@ -80,10 +71,10 @@ def random_model() -> Stage2Model:
     return Stage2Model(Stage2Config.profile("embedded", "bfvr")).eval()
 
 
-@pytest.fixture(scope="module", params=list(BUILDERS))
+@pytest.fixture(scope="module", params=FOOTAGE)
 def run(request, tmp_path_factory, random_model) -> Run:
-    folder = tmp_path_factory.mktemp(request.param)
-    return _enhance(BUILDERS[request.param](folder), random_model, folder)
+    footage = request.getfixturevalue(f"footage_{request.param}")
+    return _enhance(footage, random_model, tmp_path_factory.mktemp(request.param))
 
 
 def test_shots_match_the_cuts_made(run):
@@ -133,26 +124,12 @@ def test_outside_the_squares_the_output_is_a_plain_re_encode(run):
     assert np.abs(run.output - run.plain).mean(axis=3)[run.inside].mean() > 10 * to_plain
 
 
-def _timestamps(path: Path) -> list[float]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return [float(frame.pts * stream.time_base) for frame in container.decode(video=0)]
-
-
-def _audio_seconds(path: Path) -> float | None:
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            return None
-        stream = container.streams.audio[0]
-        return float(stream.duration * stream.time_base)
-
-
 def test_frames_timing_and_audio_are_kept(run):
     src, dst = run.footage.path, Path(run.report.output)
     a, b = video.probe(src, count_frames=True), video.probe(dst, count_frames=True)
     assert (b.num_frames, b.width, b.height, b.fps_fraction) == (a.num_frames, a.width, a.height, a.fps_fraction)
     assert b.num_frames == run.footage.num_frames == run.report.frames
-    np.testing.assert_allclose(_timestamps(dst), _timestamps(src), atol=1e-6)
+    np.testing.assert_allclose(_times(dst), _times(src), atol=1e-6)
     assert b.has_audio == run.footage.has_audio == run.report.audio
     if run.footage.has_audio:
         assert _audio_seconds(dst) == _audio_seconds(src)  # copied, not re-encoded
