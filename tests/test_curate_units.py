@@ -255,9 +255,13 @@ def test_manifest_rejects_duplicates_and_unknown_columns(tmp_path):
         manifest.new_row(video_id="x", face_size=3)
 
 
-def test_summary_counts_reason_categories():
+def test_summary_counts_reason_categories_and_source_videos():
     stats = manifest.summary(rows_for_manifest())
-    assert stats == {"videos": 3, "kept": 1, "dropped": 2, "reasons": {"no_face": 1, "unreadable": 1}, "kept_groups": 1}
+    assert stats == {"videos": 3, "source_videos": 3, "kept": 1, "dropped": 2,
+                     "reasons": {"no_face": 1, "unreadable": 1}, "kept_groups": 1}
+    # two face tracks of one raw video: two rows, one source video
+    tracks = [manifest.new_row(video_id=f"v-s0-t{t}", source_video="v", source_group="v") for t in (0, 1)]
+    assert manifest.summary(tracks)["videos"] == 2 and manifest.summary(tracks)["source_videos"] == 1
 
 
 def test_runner_records_one_failure_and_keeps_the_rest():
