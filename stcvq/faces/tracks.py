@@ -9,11 +9,12 @@
    centre distance in face sides (Hungarian assignment, :func:`scipy.optimize.linear_sum_assignment`);
    a pair further apart than ``link_distance`` sides, or whose sides differ by more than
    ``max_side_change``, does not match. A track that has gone ``max_gap`` frames without a match
-   is closed; an unmatched face opens a new track. A hand-written linker rather than norfair or
-   supervision's ByteTrack: the detections of a whole shot are at hand (offline), a shot holds a
-   few faces, and a Kalman motion model buys nothing for faces that move a fraction of their size
-   per frame; norfair needs numpy < 2, and ByteTrack (supervision) found the same tracks on the
-   test footage while pulling matplotlib in.
+   is closed; an unmatched face opens a new track. A short linker rather than a tracking library,
+   because none installs beside our pins: norfair 2.3 needs numpy < 2; ByteTrack left supervision
+   after 0.26 for Roboflow's ``trackers``, and both supervision 0.26 and ``trackers`` 2.6 require
+   the non-headless opencv-python. Nor would their online Kalman filters add much here: the
+   detections of a whole shot are at hand, a shot holds a few faces, and a face moves a fraction
+   of its size between detections.
 3. Fill and smooth. Tracks shorter than ``min_track_frames``, or found on fewer than
    ``min_detected`` of the detection frames they span (a false detection flickers: on Big Buck
    Bunny HOG saw a "face" on 3 of 12), are dropped; per shot the ``max_faces`` largest (median

@@ -148,11 +148,13 @@ def reason_category(reason: str) -> str:
 
 
 def summary(rows: Iterable[Row]) -> dict[str, Any]:
-    """``{"videos", "kept", "dropped", "reasons": {category: count}, "kept_groups"}`` for metrics."""
+    """``{"videos", "source_videos", "kept", "dropped", "reasons": {category: count}, "kept_groups"}``
+    for metrics: ``videos`` counts rows (face tracks after crop), ``source_videos`` raw videos."""
     rows = list(rows)
     reasons = collections.Counter(reason_category(r["reason"]) for r in rows if not r["keep"])
     return {
         "videos": len(rows),
+        "source_videos": len({r.get("source_video") or r["video_id"] for r in rows}),
         "kept": sum(1 for r in rows if r["keep"]),
         "dropped": sum(1 for r in rows if not r["keep"]),
         "reasons": dict(sorted(reasons.items())),
