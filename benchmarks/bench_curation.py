@@ -44,8 +44,8 @@ def run(config: CurationConfig) -> dict:
     def on_stage(name, rows, seconds):
         nonlocal previous
         # what the stage measured: ingest probes every row; the others get the rows kept so far
+        # (crop turns a video into its face tracks, so the rows it received, not the ones it wrote)
         measured = rows if name == "ingest" else [r for r in previous if r["keep"]]
-        measured = [r for r in rows if r["video_id"] in {m["video_id"] for m in measured}]
         frames = sum(r["num_frames"] or 0 for r in measured)
         duration = sum((r["num_frames"] or 0) / r["fps"] for r in measured if r["fps"])
         timings[name] = {

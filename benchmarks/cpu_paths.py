@@ -150,8 +150,8 @@ def child(check: str, variant: str, frames: int) -> str:
                 from stcvq.data.curate.crop import CropConfig, CropJob, measure_crop
 
                 rows = pd.read_parquet(ROOT / "data/manifests/ingest.parquet").to_dict("records")
-                boxes = [measure_crop(r, CropJob(CropConfig(), 64, str(out))).get("crop_box") for r in rows
-                         if r["video_id"].startswith("carphone")]
+                boxes = [t.get("crop_squares") for r in rows if r["video_id"].startswith("carphone")
+                         for t in measure_crop(r, CropJob(CropConfig(), 64, str(out)))]
                 return _md5([json.dumps(boxes).encode()] + [p.read_bytes() for p in sorted(out.iterdir())])
             from pipeline.common import load_params
             from stcvq.config import from_dict

@@ -1,4 +1,4 @@
-"""DVC stage `crop`: face track, face proportion and square face crops.
+"""DVC stage `crop`: shots, face tracks and one square face crop per track.
 
 Usage: python -m pipeline.crop --manifest-in data/manifests/ingest.parquet --out data/cropped
                                --manifest-out data/manifests/crop.parquet

@@ -1,6 +1,7 @@
 """`stcvq` command line: enhance videos, and measure what enhancing costs.
 
-    stcvq enhance INPUT -o OUTPUT --task bfvr|deflicker|deflicker-pixel [--model DIR] [--face-crop|--whole-frame]
+    stcvq enhance INPUT -o OUTPUT --task bfvr|deflicker|deflicker-pixel [--model DIR]
+                  [--tracks|--face-crop|--whole-frame] [--min-face PX] [--max-faces N] [--fidelity W] [--compare FILE]
     stcvq import-reference CKPT --task bfvr|deflicker|deflicker-pixel [-o DIR]   (or --download TASK, --stage1)
     stcvq evaluate --model DIR --lq LQ_DIR --gt GT_DIR -o FILE [--frames N] [--size S]
     stcvq bench enhance --profile paper|embedded|tiny|reference --frames N --size S [--attention ...] [--dtype ...]
@@ -45,6 +46,17 @@ def _int_range(low: int, high: int | None = None):
         return value
 
     return parse
+
+
+def _unit_float(text: str) -> float:
+    """argparse type: a number in 0..1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in 0..1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in 0..1, got {text}")
+    return value
 
 
 def resolve_device(name: str) -> str:
@@ -113,18 +125,27 @@ def _enhance_jobs(src: Path, dst: Path) -> tuple[list[tuple[Path, Path]], str | 
         return [], f"{src}: no such file or folder"
     if dst.is_dir():
         return [], f"-o {dst}: is a folder; name the output file (e.g. {dst / src.with_suffix('.mp4').name})"
-    if dst.suffix.lower() not in OUTPUT_SUFFIXES:
-        kind = dst.suffix or "a file without extension"
-        return [], f"-o {dst}: cannot write H.264 video as {kind}; use {', '.join(OUTPUT_SUFFIXES)}"
-    return [(src, dst)], None
+    problem = _container_problem("-o", dst)
+    return ([], problem) if problem else ([(src, dst)], None)
+
+
+def _container_problem(option: str, path: Path) -> str | None:
+    if path.suffix.lower() in OUTPUT_SUFFIXES:
+        return None
+    kind = path.suffix or "a file without extension"
+    return f"{option} {path}: cannot write H.264 video as {kind}; use {', '.join(OUTPUT_SUFFIXES)}"
 
 
 def _enhance(args: argparse.Namespace) -> int:
     from stcvq.faces.detection import FaceModelError
+    from stcvq.faces.tracks import TrackConfig
     from stcvq.inference.enhance import StreamConfig, enhance_file
     from stcvq.media.video import VideoError
 
     jobs, problem = _enhance_jobs(Path(args.input), Path(args.output))
+    if not problem and args.compare is not None:
+        problem = (_container_problem("--compare", Path(args.compare)) if len(jobs) == 1
+                   else f"--compare {args.compare}: takes one input video, not a folder")
     if problem:
         print(f"stcvq enhance: error: {problem}", file=sys.stderr)
         return 2
@@ -137,14 +158,17 @@ def _enhance(args: argparse.Namespace) -> int:
     if notice:
         log.warning("%s", notice)
     dtype = args.dtype or ("bf16" if device == "cuda" else "float32")
+    faces = {name: value for name, value in (("min_face", args.min_face), ("max_faces", args.max_faces))
+             if value is not None}
     config = StreamConfig(
         overlap=args.overlap, batch_size=args.batch_size, device=device, dtype=dtype, crf=args.crf,
-        framing=args.framing,
+        framing=args.framing, fidelity=args.fidelity, blend_input=args.blend_input,
+        tracks=TrackConfig(**faces) if faces else None,
     )
     failed = []
     for job_src, job_dst in jobs:
         try:
-            report = enhance_file(job_src, job_dst, model, config, force=args.force)
+            report = enhance_file(job_src, job_dst, model, config, force=args.force, compare=args.compare)
             print(json.dumps(vars(report)), flush=True)
         except (VideoError, FaceModelError, OSError, ValueError) as err:  # one video's problem: report, go on
             log.error("%s", str(err).replace("\n", " "))
@@ -238,11 +262,26 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     enhance.add_argument("--dtype", choices=("float32", "bf16", "fp16"), help="default: bf16 on CUDA, else float32")
     framing = enhance.add_mutually_exclusive_group()
+    framing.add_argument("--tracks", dest="framing", action="store_const", const="tracks",
+                         help="enhance every tracked face, shot by shot, and paste each back")
     framing.add_argument("--face-crop", dest="framing", action="store_const", const="face",
-                         help="enhance the tracked face square and paste it back")
+                         help="enhance one fixed square around the longest face track and paste it back")
     framing.add_argument("--whole-frame", dest="framing", action="store_const", const="whole",
                          help="enhance the whole frame (for videos that already are face crops)")
-    enhance.set_defaults(framing="auto")  # face-crop when a face covers under half the frame, else whole-frame
+    # auto: tracks when faces are found, whole-frame when there is none or one face fills the frame
+    enhance.set_defaults(framing="auto")
+    # the defaults in these two helps are TrackConfig's (tests/test_enhance_cli.py checks)
+    enhance.add_argument("--min-face", type=_int_range(1), metavar="PX",
+                         help="smallest face side in pixels that is tracked and enhanced (default 40)")
+    enhance.add_argument("--max-faces", type=_int_range(1), metavar="N",
+                         help="most face tracks per shot, the largest faces first (default 16)")
+    enhance.add_argument("--fidelity", type=_unit_float, default=0.0, metavar="W",
+                         help="0..1: 0 decodes the model's looked-up codes (default), 1 its encoder's own latent, "
+                              "which keeps more of the input")
+    enhance.add_argument("--blend-input", type=_unit_float, default=0.0, metavar="A",
+                         help="0..1: share of the input frame mixed into the output (default 0)")
+    enhance.add_argument("--compare", metavar="FILE",
+                         help="also write input | output side by side, with the face squares and shot numbers")
     enhance.add_argument("--overlap", type=_int_range(0), default=4, help="frames blended between windows (default 4)")
     enhance.add_argument("--batch-size", type=_int_range(1), default=1, help="windows per model call")
     enhance.add_argument("--crf", type=_int_range(0, 51), default=15,

@@ -37,3 +37,7 @@ def moving_square() -> np.ndarray:
         frame[8:20, 4 + i : 16 + i] = 230
         frames.append(frame)
     return np.stack(frames)
+
+
+# the real multi-shot / moving-face / two-face footage (tests/_footage.py), built once per session
+from _footage import footage_cuts, footage_gap, footage_pair, footage_pan  # noqa: E402, F401

@@ -3,6 +3,7 @@ what a person would decide."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from stcvq.data.curate import CurationConfig, curate, summary
@@ -28,63 +29,77 @@ def final(stages):
     return {r["video_id"]: r for r in stages[0]["motion"]}
 
 
+# carphone and its variants: one shot, one face, so one track row each
+PRISTINE, X4, HALFFPS, CAPTION = (f"{v}-s0-t0" for v in ("carphone_pristine", "carphone_x4", "carphone_halffps",
+                                                          "carphone_caption"))
+
+
 def test_verdicts_on_the_embedded_default(stages):
     rows = final(stages)
-    assert {k for k, r in rows.items() if r["keep"]} == {"carphone_pristine", "carphone_x4", "carphone_halffps"}
+    assert {k for k, r in rows.items() if r["keep"]} == {PRISTINE, X4, HALFFPS}
     assert rows["bikes"]["reason"] == "no_face" and rows["bikes"]["drop_stage"] == "crop"
     assert rows["bigbuckbunny"]["reason"] == "no_face" and rows["bigbuckbunny"]["drop_stage"] == "crop"
-    assert rows["carphone_caption"]["reason"] == "text" and rows["carphone_caption"]["drop_stage"] == "text"
+    assert rows[CAPTION]["reason"] == "text" and rows[CAPTION]["drop_stage"] == "text"
+    assert len(rows["bikes"]["shots"]) == 6 and rows["bigbuckbunny"]["shots"] == [[0, 132]]
     assert summary(rows.values()) == {
-        "videos": 6, "kept": 3, "dropped": 3, "reasons": {"no_face": 2, "text": 1}, "kept_groups": 1,
+        "videos": 6, "source_videos": 6, "kept": 3, "dropped": 3, "reasons": {"no_face": 2, "text": 1},
+        "kept_groups": 1,
     }
 
 
 def test_derived_videos_and_groups(stages):
     rows = final(stages)
     assert {r["source_group"] for k, r in rows.items() if k.startswith("carphone")} == {"carphone"}
-    assert (rows["carphone_x4"]["width"], rows["carphone_x4"]["height"]) == (704, 576)
-    assert rows["carphone_halffps"]["num_frames"] == 60
-    assert rows["carphone_halffps"]["fps"] == pytest.approx(rows["carphone_pristine"]["fps"] / 2)
+    assert (rows[X4]["width"], rows[X4]["height"]) == (704, 576)
+    assert rows[HALFFPS]["shots"] == [[0, 60]]  # the raw video's 60 frames: one shot
+    assert rows[HALFFPS]["fps"] == pytest.approx(rows[PRISTINE]["fps"] / 2)
     assert rows["bigbuckbunny"]["has_audio"] is True
 
 
 def test_crops_are_square_lossless_and_cover_the_face(stages):
     rows, workdir = final(stages), stages[1]
-    for video_id in ("carphone_pristine", "carphone_x4", "carphone_halffps"):
+    for video_id in (PRISTINE, X4, HALFFPS):
         row = rows[video_id]
-        x0, y0, x1, y1 = row["crop_box"]
-        fx0, fy0, fx1, fy1 = row["face_box"]
-        assert x1 - x0 == y1 - y0 == row["crop_side"]
-        assert 0 <= x0 <= fx0 and 0 <= y0 <= fy0 and fx1 <= x1 <= row["width"] and fy1 <= y1 <= row["height"]
-        assert 0.1 < row["face_proportion"] < 0.6
+        first, end = row["track_frames"]
+        raw_frames = row["shots"][-1][1]
+        assert first <= 2 and end >= raw_frames - 3  # the face is there from start to end
+        squares = np.array(row["crop_squares"])
+        assert (squares[:, :2] >= 0).all() and (squares[:, 0] + squares[:, 2] <= row["width"]).all()
+        assert (squares[:, 1] + squares[:, 2] <= row["height"]).all()
+        for index, fx0, fy0, fx1, fy1 in row["face_track"]:  # each detected face inside its frame's square
+            x0, y0, side = squares[index - first]
+            slack = 0.1 * side
+            assert x0 - slack <= fx0 and y0 - slack <= fy0 and fx1 <= x0 + side + slack and fy1 <= y0 + side + slack
+        assert 0.45 < row["face_proportion"] < 0.62  # (1 / 1.3)^2 = 0.59
         info = probe(workdir / row["cropped_path"], count_frames=True)
         assert (info.width, info.height, info.codec, info.num_frames) == (64, 64, "ffv1", row["num_frames"])
+        assert row["num_frames"] == end - first
     # the 4x video is cropped at the same place, scaled by 4 (within detector jitter)
-    small, large = rows["carphone_pristine"]["crop_box"], rows["carphone_x4"]["crop_box"]
-    assert all(abs(4 * a - b) <= 0.1 * large[2] - 0.1 * large[0] for a, b in zip(small, large))
+    small, large = rows[PRISTINE]["crop_box"], rows[X4]["crop_box"]
+    assert all(abs(4 * a - b) <= 0.1 * (large[2] - large[0]) for a, b in zip(small, large))
 
 
 def test_the_caption_is_outside_the_face_crop_but_still_found(stages):
-    row = final(stages)["carphone_caption"]
+    row = final(stages)[CAPTION]
     assert row["text_score"] >= 0.7 and row["text_boxes"] >= 1
     assert row["crop_box"][3] <= 0.8 * row["height"]  # the caption band is the bottom fifth
     # the crop (what training would see) holds no caption pixels: its bottom rows look like carphone's
     workdir = stages[1]
     crop = read_video(workdir / row["cropped_path"], stop=1)[0]
-    plain = read_video(workdir / final(stages)["carphone_pristine"]["cropped_path"], stop=1)[0]
+    plain = read_video(workdir / final(stages)[PRISTINE]["cropped_path"], stop=1)[0]
     assert abs(float(crop[-8:].mean()) - float(plain[-8:].mean())) < 3.0
 
 
 def test_orientation_and_motion_measurements(stages):
     rows = final(stages)
-    for video_id in ("carphone_pristine", "carphone_x4", "carphone_halffps"):
+    for video_id in (PRISTINE, X4, HALFFPS):
         row = rows[video_id]
         assert 0.4 <= row["side_ratio_min"] <= 1.0 <= row["side_ratio_max"] <= 2.5
         assert row["orientation_frames"] >= 8
         assert row["motion_pairs"] == row["num_frames"] - 1
         assert row["motion_intensity_norm"] == pytest.approx(row["motion_intensity"] / 64**2)
     # half the frame rate: twice the time between frames, more motion per pair
-    assert rows["carphone_halffps"]["motion_intensity"] > 1.3 * rows["carphone_pristine"]["motion_intensity"]
+    assert rows[HALFFPS]["motion_intensity"] > 1.3 * rows[PRISTINE]["motion_intensity"]
 
 
 def test_x_only_side_ratio_calls_tilted_carphone_a_side_face(stages, monkeypatch):
@@ -93,7 +108,7 @@ def test_x_only_side_ratio_calls_tilted_carphone_a_side_face(stages, monkeypatch
     from stcvq.data.curate import OrientationConfig, run_orientation
 
     monkeypatch.chdir(stages[1])  # raw_path is relative to the run folder
-    crop_rows = [r for r in stages[0]["crop"] if r["video_id"] == "carphone_pristine"]
+    crop_rows = [r for r in stages[0]["crop"] if r["video_id"] == PRISTINE]
     strict = OrientationConfig(roll_correction=False, max_side_fraction=0.0)
     [paper] = run_orientation(crop_rows, strict, workers=1)
     assert paper["side_ratio_max"] > 2.5

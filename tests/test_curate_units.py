@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,7 +12,7 @@ import pytest
 
 from stcvq.config import ConfigError, from_dict
 from stcvq.data.curate import manifest
-from stcvq.data.curate.crop import CropConfig, crop_box_from_track, face_proportion, face_track
+from stcvq.data.curate.crop import CropConfig, face_proportion, track_id
 from stcvq.data.curate.ingest import burn_caption, colorfulness, safe_id
 from stcvq.data.curate.motion import MotionConfig, motion_intensity
 from stcvq.data.curate.orientation import OrientationConfig, is_side_face, side_ratio
@@ -116,61 +117,36 @@ def test_motion_config_validates():
         from_dict(MotionConfig, {"threshold": 300})
 
 
-# --- crop box on a synthetic face track ----------------------------------------------------
+# --- crop: row ids, face proportion, config ------------------------------------------------
 
 def box(x0, y0, x1, y1, score=1.0):
     return FaceBox(x0, y0, x1, y1, score)
 
 
-def test_crop_box_covers_the_track_enlarged_and_square():
-    track = [box(100, 50, 140, 100), box(110, 55, 150, 105), box(120, 50, 160, 100)]
-    face_box, crop_box = crop_box_from_track(track, width=400, height=300, enlarge=1.3)
-    assert face_box == (100, 50, 160, 105)  # union: 60 wide, 55 tall
-    x0, y0, x1, y1 = crop_box
-    assert x1 - x0 == y1 - y0 == round(1.3 * 60)  # square on the longer side
-    assert (x0 + x1) / 2 == pytest.approx(130, abs=0.5) and (y0 + y1) / 2 == pytest.approx(77.5, abs=0.5)
-    for b in track:  # every face inside the crop
-        assert x0 <= b.x0 and y0 <= b.y0 and b.x1 <= x1 and b.y1 <= y1
+def test_track_ids_are_webdataset_keys():
+    key = track_id("carphone_x4", 2, 11)
+    assert key == "carphone_x4-s2-t11" and re.fullmatch(r"[A-Za-z0-9_-]+", key)
 
 
-def test_crop_box_is_shifted_into_the_frame():
-    _, crop_box = crop_box_from_track([box(0, 0, 40, 40)], width=200, height=100, enlarge=1.5)
-    assert crop_box == (0, 0, 60, 60)
-    _, crop_box = crop_box_from_track([box(170, 70, 200, 100)], width=200, height=100, enlarge=1.5)
-    assert crop_box == (155, 55, 200, 100)
+def test_face_proportion_is_mean_face_area_over_its_frames_square():
+    squares = np.array([[0, 0, 40], [10, 10, 40]])
+    faces = [(5, box(10, 10, 30, 30)), (6, box(20, 20, 40, 40))]
+    assert face_proportion(faces, squares, first=5) == pytest.approx(400 / 1600)
+    # a face half outside its square counts only its inside part
+    assert face_proportion([(0, box(-10, 0, 10, 20))], np.array([[0, 0, 20]]), first=0) == pytest.approx(200 / 400)
 
 
-def test_crop_box_is_shrunk_to_the_shorter_side_not_padded():
-    _, crop_box = crop_box_from_track([box(60, 10, 140, 90)], width=320, height=100, enlarge=1.3)
-    assert crop_box == (50, 0, 150, 100)  # 104 would not fit: side 100, centred on x = 100
-
-
-def test_face_proportion_is_mean_face_area_over_crop_area():
-    track = [box(10, 10, 30, 30), box(20, 20, 40, 40)]
-    assert face_proportion(track, (0, 0, 40, 40)) == pytest.approx(400 / 1600)
-    # a face half outside the crop counts only its inside part
-    assert face_proportion([box(-10, 0, 10, 20)], (0, 0, 20, 20)) == pytest.approx(200 / 400)
-
-
-def test_face_track_takes_the_largest_face_and_drops_outliers():
-    detections = [
-        (0, [box(100, 100, 140, 140), box(0, 0, 10, 10)]),  # the small face is someone else
-        (5, [box(102, 100, 142, 140)]),
-        (10, []),
-        (15, [box(300, 300, 350, 350)]),  # a false positive far away
-        (20, [box(98, 102, 138, 142)]),
-    ]
-    track = face_track(detections, max_track_jump=1.0)
-    assert [i for i, _ in track] == [0, 5, 20]
-    assert track[0][1] == box(100, 100, 140, 140)
-    assert face_track([(0, []), (1, [])], 1.0) == []
-
-
-def test_crop_config_validates():
-    with pytest.raises(ConfigError):
-        from_dict(CropConfig, {"enlarge": 0.5})
-    with pytest.raises(ConfigError):
-        from_dict(CropConfig, {"detector": "mtcnn"})
+def test_crop_config_validates_in_one_line():
+    with pytest.raises(ConfigError, match=r"^params.yaml:crop.faces: max_faces must be >= 1, got 0$"):
+        from_dict(CropConfig, {"faces": {"max_faces": 0}}, where="params.yaml:crop")
+    with pytest.raises(ConfigError, match=r"^params.yaml:crop.faces: min_face must be >= 1 \(pixels\), got 0$"):
+        from_dict(CropConfig, {"faces": {"min_face": 0}}, where="params.yaml:crop")
+    with pytest.raises(ConfigError, match="crop.faces.detector"):
+        from_dict(CropConfig, {"faces": {"detector": "mtcnn"}}, where="params.yaml:crop")
+    with pytest.raises(ConfigError, match="crop.min_frames must be >= 1"):
+        from_dict(CropConfig, {"min_frames": 0})
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(CropConfig, {"sample_frames": 16})
 
 
 # --- text filter with a stand-in detector --------------------------------------------------
@@ -279,9 +255,13 @@ def test_manifest_rejects_duplicates_and_unknown_columns(tmp_path):
         manifest.new_row(video_id="x", face_size=3)
 
 
-def test_summary_counts_reason_categories():
+def test_summary_counts_reason_categories_and_source_videos():
     stats = manifest.summary(rows_for_manifest())
-    assert stats == {"videos": 3, "kept": 1, "dropped": 2, "reasons": {"no_face": 1, "unreadable": 1}, "kept_groups": 1}
+    assert stats == {"videos": 3, "source_videos": 3, "kept": 1, "dropped": 2,
+                     "reasons": {"no_face": 1, "unreadable": 1}, "kept_groups": 1}
+    # two face tracks of one raw video: two rows, one source video
+    tracks = [manifest.new_row(video_id=f"v-s0-t{t}", source_video="v", source_group="v") for t in (0, 1)]
+    assert manifest.summary(tracks)["videos"] == 2 and manifest.summary(tracks)["source_videos"] == 1
 
 
 def test_runner_records_one_failure_and_keeps_the_rest():

@@ -9,6 +9,11 @@ time: the split fractions cut each video's duration into disjoint ranges, the sa
 seconds for every video of a group, so a derived copy at another frame rate lines up. The mode
 is recorded in every clip row and in the summary.
 
+A manifest row is one face track of a raw video (``source_video``; ``crop``). Tracks of one video
+share its ``source_group``, so in group mode they land in one split. In time mode the ranges cut
+the RAW video's frames (``track_frames`` places the track in them), so no raw frame, and no face
+seen in it, is in two splits, however the video's tracks overlap in time.
+
 Videos that cannot give a clip are recorded with a reason, never silently dropped.
 """
 
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 CLIP_COLUMNS = [
     "clip_id", "video_id", "source_group", "source_path", "original_path", "split", "split_mode",
     "split_start", "split_stop", "frame_start", "frame_stop", "fps", "height", "width",
+    "source_video", "source_first",  # the raw video, and the raw frame index of the cropped video's frame 0
 ]
 
 
@@ -137,8 +143,12 @@ def plan_clips(manifest: pd.DataFrame, cfg: ClipConfig) -> tuple[pd.DataFrame, p
         group = row.get("source_group")
         group = str(group) if group is not None and not pd.isna(group) else video_id
         fps = float(row.get("fps") or 0) or info.fps
+        first, raw_frames = _raw_position(row, num_frames)
+        source = row.get("source_video")
         videos.append({"video_id": video_id, "path": path, "group": group, "num_frames": num_frames, "fps": fps,
-                       "height": info.height, "width": info.width, "source_path": str(row.get("source_path") or "")})
+                       "height": info.height, "width": info.width, "source_path": str(row.get("source_path") or ""),
+                       "source_video": source if isinstance(source, str) and source else video_id,
+                       "source_first": first, "raw_frames": raw_frames})
 
     groups = sorted({v["group"] for v in videos})
     split_mode = "group" if len(groups) >= len(cfg.splits) else "time"
@@ -154,13 +164,15 @@ def plan_clips(manifest: pd.DataFrame, cfg: ClipConfig) -> tuple[pd.DataFrame, p
 
     rows = []
     for video in videos:
-        n = video["num_frames"]
+        n, first, raw = video["num_frames"], video["source_first"], video["raw_frames"]
         if split_mode == "group":
             ranges = {by_group[video["group"]]: (0.0, 1.0)}
         else:
             ranges = bounds
         for split, (lo, hi) in ranges.items():
-            start, stop = int(round(lo * n)), int(round(hi * n))
+            # the split's range of raw frames, in the cropped video's frame numbers
+            start = min(max(int(round(lo * raw)) - first, 0), n)
+            stop = min(max(int(round(hi * raw)) - first, 0), n)
             starts = _windows(start, stop, cfg.length, stride, cfg.max_per_video)
             if not starts:
                 reason = f"too short: {split} range has {stop - start} frames < clip length {cfg.length}"
@@ -173,6 +185,7 @@ def plan_clips(manifest: pd.DataFrame, cfg: ClipConfig) -> tuple[pd.DataFrame, p
                     "split": split, "split_mode": split_mode, "split_start": lo, "split_stop": hi,
                     "frame_start": s, "frame_stop": s + cfg.length, "fps": video["fps"],
                     "height": video["height"], "width": video["width"],
+                    "source_video": video["source_video"], "source_first": first,
                 })
     clips = pd.DataFrame(rows, columns=CLIP_COLUMNS)
     skips = pd.DataFrame(skipped, columns=["video_id", "reason"])
@@ -187,6 +200,16 @@ def plan_clips(manifest: pd.DataFrame, cfg: ClipConfig) -> tuple[pd.DataFrame, p
     return clips, skips, summary
 
 
+def _raw_position(row: dict[str, Any], num_frames: int) -> tuple[int, int]:
+    """(raw frame of the cropped video's frame 0, raw video's frame count) of a manifest row;
+    (0, ``num_frames``) for a row that is not a face track."""
+    track, shots = row.get("track_frames"), row.get("shots")
+    if not isinstance(track, (list, tuple, np.ndarray)) or len(track) != 2:
+        return 0, num_frames
+    has_shots = isinstance(shots, (list, tuple, np.ndarray)) and len(shots) > 0
+    return int(track[0]), int(shots[-1][1]) if has_shots else int(track[1])
+
+
 def _check_disjoint(clips: pd.DataFrame, split_mode: str) -> None:
     """Guard the one promise that matters: no source material in two splits."""
     if split_mode == "group":
@@ -195,11 +218,13 @@ def _check_disjoint(clips: pd.DataFrame, split_mode: str) -> None:
         if len(bad):
             raise AssertionError(f"groups in several splits: {list(bad.index)}")
     else:
-        for video_id, sub in clips.groupby("video_id"):
-            for a in sub.itertuples():
-                for b in sub.itertuples():
-                    if a.split != b.split and a.frame_start < b.frame_stop and b.frame_start < a.frame_stop:
-                        raise AssertionError(f"{video_id}: clips {a.clip_id} and {b.clip_id} overlap across splits")
+        for source, sub in clips.groupby("source_video"):
+            spans = [(r.split, r.source_first + r.frame_start, r.source_first + r.frame_stop, r.clip_id)
+                     for r in sub.itertuples()]
+            for split_a, start_a, stop_a, id_a in spans:
+                for split_b, start_b, stop_b, id_b in spans:
+                    if split_a != split_b and start_a < stop_b and start_b < stop_a:
+                        raise AssertionError(f"{source}: clips {id_a} and {id_b} share raw frames across splits")
 
 
 def iter_clip_frames(clips: pd.DataFrame) -> Iterator[tuple[dict[str, Any], np.ndarray | None, str | None]]:

@@ -109,6 +109,22 @@ def probe(path: str | Path, *, count_frames: bool = False) -> VideoInfo:
         container.close()
 
 
+def chroma_shifts(pix_fmt: str) -> tuple[int, int]:
+    """log2 of the chroma subsampling of ``pix_fmt``, (horizontal, vertical): (0, 0) for RGB,
+    palette and 4:4:4 formats, (1, 0) for 4:2:2, (1, 1) for 4:2:0; gray and unknown formats
+    count as 4:2:0 (no colour detail to keep)."""
+    try:
+        fmt = av.VideoFormat(pix_fmt, 64, 64)
+    except (ValueError, av.error.FFmpegError):
+        return 1, 1
+    if fmt.is_rgb or fmt.has_palette:
+        return 0, 0
+    if len(fmt.components) < 3:  # gray (with alpha or not)
+        return 1, 1
+    chroma = fmt.components[1]  # luma, chroma, chroma[, alpha] (PyAV's is_chroma is unreliable)
+    return (64 // chroma.width).bit_length() - 1, (64 // chroma.height).bit_length() - 1
+
+
 @dataclasses.dataclass(frozen=True)
 class FrameTimes:
     """Presentation times of a video's frames in display order, in ticks of ``time_base``."""

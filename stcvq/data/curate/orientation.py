@@ -7,9 +7,10 @@ infinity. A frame is a side face when alpha < ``min_side_ratio`` or > ``max_side
 nose tip is outside the two eye corners (alpha alone misses a head turned so far that the
 nose passes the far eye: both distances can then be similar).
 
-Landmarks are fitted on the ORIGINAL frames of the face track found by ``crop`` (up to
-``sample_frames`` of them, evenly chosen), inside the detected box of that frame: the
-original pixels are sharper than the profile-resolution crop. A video is dropped as
+Landmarks are fitted on the ORIGINAL frames of the row's face track found by ``crop`` (up to
+``sample_frames`` of its frames with a real detection, evenly chosen), inside the detected box of
+that frame: the original pixels are sharper than the profile-resolution crop. Each track is
+judged on its own, so a video with a frontal and a side face keeps the frontal one. A video is dropped as
 ``side_face`` when more than ``max_side_fraction`` of its measured frames are side faces
 (default 0.2: a talking head turns briefly; one noisy landmark fit must not drop a video).
 
@@ -119,7 +120,7 @@ def read_indices(path: str | Path, indices: Sequence[int]) -> dict[int, np.ndarr
     if not wanted:
         return {}
     out = {}
-    for i, frame in enumerate(read_frames(path, stop=max(wanted) + 1)):
+    for i, frame in enumerate(read_frames(path, start=min(wanted), stop=max(wanted) + 1), start=min(wanted)):
         if i in wanted:
             out[i] = frame
     return out

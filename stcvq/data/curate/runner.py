@@ -1,7 +1,8 @@
 """Per-video work in a process pool, in input order, with a progress bar.
 
 A stage is a function ``measure(row, config) -> row`` applied to every kept row of the
-manifest. Rows already dropped pass through untouched. Any exception from one video becomes
+manifest; ``crop`` returns a list instead (one row per face track), which takes the input row's
+place. Rows already dropped pass through untouched. Any exception from one video becomes
 that video's ``reason`` (``unreadable: ...`` for a :class:`~stcvq.media.video.VideoError`,
 ``error: <type>: ...`` otherwise); the other videos are not affected.
 
@@ -27,7 +28,7 @@ from stcvq.media.video import VideoError
 
 log = logging.getLogger(__name__)
 
-Measure = Callable[[Row, Any], Row]
+Measure = Callable[[Row, Any], "Row | list[Row]"]
 
 
 def limit_threads(threads: int) -> None:
@@ -52,11 +53,12 @@ def worker_threads() -> int:
     return max(1, int(os.environ.get("STCVQ_THREADS", "1")))
 
 
-def _safe(measure: Measure, stage: str, config: Any, row: Row) -> Row:
+def _safe(measure: Measure, stage: str, config: Any, row: Row) -> list[Row]:
     if not row["keep"]:
-        return row
+        return [row]
     try:
-        return measure(row, config)
+        out = measure(row, config)
+        return out if isinstance(out, list) else [out]
     except VideoError as err:
         message = str(err)
         # VideoError messages read "<file>: unreadable: <why>"; keep the part after the file
@@ -64,14 +66,15 @@ def _safe(measure: Measure, stage: str, config: Any, row: Row) -> Row:
         if not detail.startswith("unreadable"):
             detail = f"unreadable: {detail}"
         log.warning("%s: %s dropped: %s", stage, row["video_id"], message)
-        return drop(row, detail, stage)
+        return [drop(row, detail, stage)]
     except Exception as err:  # noqa: BLE001 - one bad video must not stop the others
         log.exception("%s: %s failed", stage, row["video_id"])
-        return drop(row, f"error: {type(err).__name__}: {err}", stage)
+        return [drop(row, f"error: {type(err).__name__}: {err}", stage)]
 
 
 def run_stage(stage: str, measure: Measure, rows: Sequence[Row], config: Any, workers: int = 1) -> list[Row]:
-    """``measure`` applied to the kept ``rows`` with ``workers`` processes; same order out."""
+    """``measure`` applied to the kept ``rows`` with ``workers`` processes; same order out (the
+    rows a measure returns for one input row stand where that row stood)."""
     todo = sum(1 for r in rows if r["keep"])
     work = functools.partial(_safe, measure, stage, config)
     cpus = os.cpu_count() or 1
@@ -93,13 +96,14 @@ def run_stage(stage: str, measure: Measure, rows: Sequence[Row], config: Any, wo
         bar.close()
     for before, after in zip(rows, out):
         if before["keep"]:
-            log.info("%s: %s %s", stage, after["video_id"], "kept" if after["keep"] else f"dropped: {after['reason']}")
-    return out
+            for row in after:
+                log.info("%s: %s %s", stage, row["video_id"], "kept" if row["keep"] else f"dropped: {row['reason']}")
+    return [row for after in out for row in after]
 
 
 def _run_pool(
-    stage: str, work: Callable[[Row], Row], rows: Sequence[Row], workers: int, threads: int, bar: tqdm
-) -> list[Row]:
+    stage: str, work: Callable[[Row], list[Row]], rows: Sequence[Row], workers: int, threads: int, bar: tqdm
+) -> list[list[Row]]:
     """Rows through a spawn pool, results placed by input index (order never depends on timing).
 
     A worker that dies (a crash inside a native decoder, the OOM killer) breaks the whole pool;
@@ -107,7 +111,7 @@ def _run_pool(
     that kills its worker is dropped (``error: worker process died``).
     """
     ctx = multiprocessing.get_context("spawn")
-    results: list[Row | None] = [None] * len(rows)
+    results: list[list[Row] | None] = [None] * len(rows)
 
     def pool(n: int) -> concurrent.futures.ProcessPoolExecutor:
         level = logging.getLogger().getEffectiveLevel()
@@ -129,6 +133,6 @@ def _run_pool(
                     results[i] = executor.submit(work, rows[i]).result()
             except concurrent.futures.process.BrokenProcessPool:
                 log.error("%s: %s killed its worker process", stage, rows[i]["video_id"])
-                results[i] = drop(rows[i], "error: worker process died", stage)
+                results[i] = [drop(rows[i], "error: worker process died", stage)]
             bar.update()
     return [r for r in results if r is not None]

@@ -10,8 +10,9 @@ small interface, :class:`TextDetector`: ``detect(rgb) -> [(polygon (4, 2), score
 * ``paddleocr`` (optional, ``pip install stcvq[paddle]``): PaddleOCR's TextDetection.
   Imported lazily; a clear error says how to install it. Its models download on first use.
 
-Which frames: ``sample_frames`` frames spread evenly over the whole ORIGINAL video (first and
-last included), at the original resolution. Original, not the face crop: a caption in the
+Which frames: ``sample_frames`` frames spread evenly over the ORIGINAL frames of the row's face
+track (``track_frames``; the whole video for a row without one), first and last included, at
+the original resolution. Original, not the face crop: a caption in the
 lower third is usually outside the face crop, and a video with burned-in text is unwanted
 even if the crop misses it in some frames (it may move, and the synthesis stage may use a
 looser crop). Spread over the clip, not the first frame only: captions and logos come and go,
@@ -37,7 +38,7 @@ import numpy as np
 from stcvq.config import check
 from stcvq.data.curate.manifest import Row, drop, update
 from stcvq.data.curate.runner import run_stage, worker_threads
-from stcvq.media.video import read_sampled
+from stcvq.media.video import read_frames, sample_indices
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,22 @@ def text_boxes(detector: TextDetector, rgb: np.ndarray, config: TextConfig) -> l
     return [score for poly, score in detector.detect(rgb) if polygon_fraction(poly, w, h) <= config.max_box_fraction]
 
 
+def track_frames(row: Row, count: int) -> list[np.ndarray]:
+    """``count`` raw frames spread evenly over the row's track range (the whole video without one)."""
+    first, end = row["track_frames"] or (0, row["num_frames"])
+    wanted = {first + i for i in sample_indices(end - first, count)}
+    if not wanted:
+        return []
+    frames = read_frames(Path(row["raw_path"]), start=first, stop=max(wanted) + 1)
+    return [frame for index, frame in enumerate(frames, start=first) if index in wanted]
+
+
 def measure_text(row: Row, config: TextConfig) -> Row:
     detector = get_detector(config.backend, config.limit_side_len)
-    indices, frames = read_sampled(Path(row["raw_path"]), config.sample_frames, num_frames=row["num_frames"])
+    frames = track_frames(row, config.sample_frames)
     scores = [s for f in frames for s in text_boxes(detector, f, config)]
     above = [s for s in scores if s >= config.score_threshold]
-    row = update(row, {"text_frames": len(indices), "text_score": max(scores, default=0.0), "text_boxes": len(above)})
+    row = update(row, {"text_frames": len(frames), "text_score": max(scores, default=0.0), "text_boxes": len(above)})
     if above and config.enabled:
         return drop(row, "text", STAGE)
     return row
