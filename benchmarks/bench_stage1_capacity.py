@@ -62,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stcvq-capacity-") as run_dir:
         train_clips = ShardClips(shards / f"train-{task}.json", seed=cfg.train.seed)
         result = train_stage1(cfg, train_clips, run_dir, val_batches=val)
-    model = result.ema_model if result.ema_model is not None else result.model
+    model = result.final
     final = evaluate_stage1(model.eval(), val())
     history = [(h["step"], round(h["val_psnr"], 2)) for h in result.history if "val_psnr" in h]
     print(json.dumps({"name": args.name, "overrides": args.overrides, "no_quantize": args.no_quantize,

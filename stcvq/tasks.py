@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import typing
-from typing import Literal
+from typing import Literal, get_args
 
 from stcvq.config import check
 
 # bfvr: blind face video restoration (blur, low resolution, noise, compression);
 # deflicker: brightness flicker; deflicker-pixel: AI-render pixel flicker.
 Task = Literal["bfvr", "deflicker", "deflicker-pixel"]
-TASKS: tuple[str, ...] = typing.get_args(Task)
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 def check_task(task: str, where: str = "task") -> str:

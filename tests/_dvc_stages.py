@@ -6,12 +6,33 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_DIRS = ("data/", "metrics/", "models/", "dvclive/")  # DVC outputs: never copied
+
+
+def working_tree_files() -> list[str]:
+    """Tracked files plus untracked, non-ignored ones (work not yet committed), minus outputs."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, check=True, capture_output=True,
+    ).stdout.decode()
+    files = sorted({f for f in out.split("\0") if f})
+    return [f for f in files if not f.startswith(OUTPUT_DIRS) and f != "dvc.lock" and (ROOT / f).is_file()]
+
+
+def copy_working_tree(dest: Path) -> Path:
+    """The working tree's files (:func:`working_tree_files`) copied to ``dest``."""
+    for name in working_tree_files():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
 
 
 def stages(root: Path = ROOT) -> dict[str, Any]:

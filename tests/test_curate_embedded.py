@@ -10,6 +10,8 @@ from stcvq.data.curate import CurationConfig, curate, summary
 from stcvq.data.curate.ingest import embedded_source_dir
 from stcvq.media.video import probe, read_video
 
+pytestmark = pytest.mark.slow  # the whole curation of the embedded default: over a minute on 2 cores
+
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):

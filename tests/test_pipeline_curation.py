@@ -6,27 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from _dvc_stages import copy_working_tree
 
-ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent  # the interpreter running the tests has dvc beside it
-OUTPUT_DIRS = ("data/", "metrics/", "models/", "dvclive/")  # DVC outputs: never copied
-
-
-def working_tree_files() -> list[str]:
-    """Tracked files plus untracked, non-ignored ones (work not yet committed), minus outputs."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, check=True, capture_output=True,
-    ).stdout.decode()
-    files = sorted({f for f in out.split("\0") if f})
-    return [f for f in files if not f.startswith(OUTPUT_DIRS) and f != "dvc.lock" and (ROOT / f).is_file()]
 
 
 def dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -42,10 +30,7 @@ def dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_dvc_repro_curation_in_a_fresh_copy(tmp_path):
     if not (VENV_BIN / "dvc").exists():
         pytest.skip(f"dvc is not installed beside {sys.executable}")
-    clone = tmp_path / "clone"
-    for name in working_tree_files():
-        (clone / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, clone / name)
+    clone = copy_working_tree(tmp_path / "clone")
     subprocess.run(["git", "init", "-q"], cwd=clone, check=True)
 
     first = dvc(["repro", "motion"], clone)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from _dvc_stages import stage_args
+from _dvc_stages import copy_working_tree, stage_args
 
-ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["bfvr", "deflicker", "deflicker-pixel"]
 
 
@@ -27,10 +25,7 @@ def dvc(repo: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    copy = tmp_path_factory.mktemp("repo") / "stcvq"
-    ignore = shutil.ignore_patterns(".venv", ".git", "data", "metrics", "cache", "tmp", "dvc.lock", "__pycache__",
-                                    "*.egg-info", ".pytest_cache")
-    shutil.copytree(ROOT, copy, ignore=ignore)
+    copy = copy_working_tree(tmp_path_factory.mktemp("repo") / "stcvq")
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     # DVCLive (training stages) fails in a git repository without a commit ("Empty git repo")
     subprocess.run(["git", "add", "-A"], cwd=copy, check=True)

@@ -2,7 +2,7 @@
 
 ``train_stage1(cfg, data, out_dir, val_batches)`` trains with :func:`stcvq.training.loop.train` and
 returns its result; the stage script exports ``result.final`` (the EMA weights) with
-``save_pretrained``.
+:func:`stcvq.training.loop.export_model`.
 """
 
 from __future__ import annotations
