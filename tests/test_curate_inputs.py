@@ -63,7 +63,7 @@ def by_id(rows):
 def test_every_file_gets_a_row_with_a_clear_reason(results):
     out, _, _ = results
     rows = by_id(out["motion"])
-    assert sorted(rows) == ["empty", "gray", "noise", "notes", "one_frame", "talking_head", "truncated"]
+    assert sorted(rows) == ["empty", "gray", "noise", "notes", "one_frame", "talking_head-s0-t0", "truncated"]
     assert rows["empty"]["reason"] == "unreadable: empty file (0 bytes)"
     for name in ("truncated", "notes", "noise"):
         assert rows[name]["reason"].startswith("unreadable: ") and "Invalid data" in rows[name]["reason"]
@@ -76,7 +76,7 @@ def test_every_file_gets_a_row_with_a_clear_reason(results):
 
 def test_the_good_video_survives_every_stage(results):
     out, workdir, _ = results
-    good = by_id(out["motion"])["talking_head"]
+    good = by_id(out["motion"])["talking_head-s0-t0"]  # shot 0, face track 0
     assert good["keep"] and good["reason"] is None
     assert good["source_path"].endswith("talking head.mp4") and good["source_group"] == "talking_head"
     assert good["raw_path"] == "data/raw/talking_head.mp4"
@@ -92,6 +92,6 @@ def test_same_input_same_bytes(results):
     def digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    files = ["data/manifest.parquet", "data/raw/talking_head.mp4", "data/cropped/talking_head.mkv"]
+    files = ["data/manifest.parquet", "data/raw/talking_head.mp4", "data/cropped/talking_head-s0-t0.mkv"]
     for name in files:
         assert digest(first / name) == digest(second / name), name
