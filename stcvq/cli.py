@@ -98,7 +98,8 @@ def embedded_default_notice(model, model_dir: Path) -> str | None:
     if model.size > 64 or read_provenance(model_dir) is not None:  # larger, or imported weights
         return None
     return (f"{model_dir} is a {model.size}x{model.size} model at the embedded default's scale (trained on one "
-            f"video): expect a blur, not a restoration; for real videos use a published model "
+            f"person; below its input's PSNR on its own test clips): expect a soft face, not a restoration; "
+            f"for real videos use a published model "
             f"(`stcvq import-reference --download {model.task}`, README \"Using the published models\")")
 
 

@@ -37,7 +37,8 @@ def compare_frame(model: Path, frame: int, workdir: Path) -> np.ndarray:
     """Frame ``frame`` of ``stcvq enhance --compare`` on degraded carphone (input | output)."""
     degraded, enhanced, compare = workdir / "degraded.mp4", workdir / "enhanced.mp4", workdir / "compare.mp4"
     degrade(embedded_source_dir() / "carphone_pristine.mp4", degraded)
-    subprocess.run([sys.executable, "-m", "stcvq", "enhance", str(degraded), "-o", str(enhanced), "--task", "bfvr",
+    stcvq = Path(sys.executable).with_name("stcvq")  # the command beside this interpreter, as a user runs it
+    subprocess.run([str(stcvq), "enhance", str(degraded), "-o", str(enhanced), "--task", "bfvr",
                     "--model", str(model), "--compare", str(compare)], check=True)
     return next(read_frames(compare, start=frame, stop=frame + 1))
 
