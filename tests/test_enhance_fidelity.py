@@ -1,5 +1,5 @@
 """--fidelity: Stage2Model.restore's blend of the looked-up codes with the LQ encoder's latent,
-on a random tiny model and on the pipeline's trained bfvr model (when /work/base has one)."""
+on a random tiny model and on the pipeline's trained bfvr model (after `make repro`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from stcvq.media import video
 from stcvq.media.frames import frames_to_tensor
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 
-TRAINED = Path("/work/base/models/stage2-bfvr")  # the embedded default's bfvr model, read-only
+TRAINED = Path(__file__).resolve().parents[1] / "models" / "stage2-bfvr"  # `make repro` writes it; CI has none
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 

@@ -1,7 +1,7 @@
 """`stcvq enhance` end to end on real footage with cuts, moving faces, two faces at once and a
 shot without a face (tests/_footage.py builds it from carphone, bikes and Big Buck Bunny), with
 a randomly initialised embedded-default Stage II model; one check with the pipeline's trained
-bfvr model (/work/base, read-only) that the faces visibly change.
+bfvr model (after `make repro`) that the faces visibly change.
 
 Outside the face squares the output's pixels are the input's, untouched (tests/test_enhance.py
 checks that bit for bit on the frames handed to the encoder). Its encoding is not bit-equal to
@@ -30,7 +30,7 @@ from stcvq.inference.enhance import EnhanceReport, StreamConfig, enhance_file, o
 from stcvq.media import video
 from stcvq.nn.restorer import Stage2Config, Stage2Model
 
-TRAINED = Path("/work/base/models/stage2-bfvr")  # the pipeline's bfvr model on the embedded default
+TRAINED = Path(__file__).resolve().parents[1] / "models" / "stage2-bfvr"  # `make repro` writes it; CI has none
 FOOTAGE = ("cuts", "pan", "pair", "gap")  # tests/conftest.py's footage_* fixtures (tests/_footage.py)
 
 
